@@ -1,0 +1,207 @@
+"""The fast Level Set Traversal loop: the reference's results at the cost of one forward+backward per step.
+
+Spec section 2, "Observation": a row that accepts its candidate takes its next gradient at exactly the
+point just evaluated, and a row that rejects keeps the gradient it already had. So the loop evaluates each
+candidate *with* its backward, keeps the candidate's gradient for accepted rows and the cached one for
+rejected rows, and never runs the reference's second forward. The step itself is one fused kernel
+(:mod:`lst_fast.ops`) writing into buffers allocated once per call.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from lst_fast import ops
+from lst_fast.fusion import FoldedModelCache, fold_batchnorm
+from lst_fast.traversal import (
+    PathRecorder,
+    TraversalResult,
+    build_result,
+    check_settings,
+    input_grad_loss,
+    make_forward,
+    model_guard,
+    prepare,
+)
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def traverse_batch(
+    model: torch.nn.Module,
+    srcs: torch.Tensor,
+    tgts: torch.Tensor,
+    labels=None,
+    *,
+    target_labels=None,
+    normalizer=None,
+    step_size: float = 1e-2,
+    iters: int = 400,
+    pthresh: float = 0.2,
+    adv_step_size: float | None = 2e-3,
+    init_noise: float = 4 / 255,
+    log_every: int = 0,
+    record=(),
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    memory_format: str = "auto",
+    fold_batchnorm: bool = True,
+    backend: str | None = None,
+) -> TraversalResult:
+    """Level set traversal from each source image towards its target image.
+
+    Args:
+        model: classifier returning (B, K) logits; run in eval mode with frozen parameters, both restored.
+        srcs, tgts: (B, C, H, W) images in [0, 1]; pair ``i`` goes from ``srcs[i]`` towards ``tgts[i]``.
+        labels: (B,) source classes; default ``argmax model(srcs)``. Rows the model does not classify as
+            their label are invalid and returned unchanged.
+        target_labels: (B,) target classes for the recorded target confidence; default ``argmax model(tgts)``.
+        normalizer: callable applied to images before the model (e.g. :class:`lst_fast.models.Normalize`).
+        step_size, iters, pthresh, adv_step_size, init_noise: the spec's settings; ``adv_step_size`` None or
+            0 turns the adversarial correction off.
+        log_every, record: record ``"conf"`` (source/target confidence) and/or ``"images"`` every
+            ``log_every`` iterations, at the iterate before the step.
+        generator: torch.Generator for the start-point noise (the global RNG if None).
+        progress: show a tqdm progress bar.
+        memory_format: ``"auto"`` (channels_last for convolutional models, where it is faster),
+            ``"contiguous"`` or ``"channels_last"``.
+        fold_batchnorm: fold eval-mode batch norms into the convolutions before them (faster; changes
+            results only by float rounding). Memory format and folding are applied to a private copy of the
+            model, cached until its weights change; the caller's model is never modified.
+        backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
+    """
+    settings = check_settings(
+        step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
+        init_noise=init_noise, log_every=log_every, record=record,
+    )
+    layout = resolve_memory_format(memory_format, model)
+    if not isinstance(fold_batchnorm, bool):
+        raise TypeError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
+    with model_guard(model):
+        problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
+        step_backend = _check_backend(backend, problem.x0)
+        forward = _tuned_forward(model, normalizer, problem, layout, fold_batchnorm)
+        x, final_conf, accepted, recorder = _run(problem, forward, settings, layout, step_backend, progress)
+    return build_result(problem, settings, x, final_conf, accepted, recorder)
+
+
+def _run(problem, forward, settings, layout, backend, progress):
+    y, p0 = problem.labels, problem.init_conf
+    recorder = PathRecorder(settings)
+    accepted = torch.zeros_like(y)
+    if len(y) == 0:  # no valid rows: nothing to traverse
+        return problem.x0, p0, accepted, recorder
+
+    # Buffers for the whole run: the iterate, the candidate (they swap roles), the target and the correction.
+    x = problem.x0.contiguous(memory_format=layout)
+    cand = torch.empty_like(x)
+    tgt = problem.tgt.contiguous(memory_format=layout)
+    delta = torch.zeros_like(x) if settings.adv_step_size > 0 else None
+
+    probs, grad = _evaluate(forward, x, y, need_grad=settings.iters > 0)
+    for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
+        if recorder.due(it):
+            recorder.add(it, x, probs, problem)
+        ops.lst_step_(
+            x, grad, tgt, delta, cand,
+            step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,
+        )
+        # The last candidate only needs its confidence; every other one also needs its gradient.
+        cand_probs, cand_grad = _evaluate(forward, cand, y, need_grad=it < settings.iters - 1)
+        accept = p0 - cand_probs.gather(1, y.unsqueeze(1)).squeeze(1) < settings.pthresh
+        accepted += accept
+        # Select without a full pass: rejected rows (usually none) copy their current state into the
+        # candidate's buffers, then iterate and candidate swap roles.
+        rejected = (~accept).nonzero().squeeze(1)
+        if len(rejected):
+            cand.index_copy_(0, rejected, x.index_select(0, rejected))
+            cand_probs.index_copy_(0, rejected, probs.index_select(0, rejected))
+            if cand_grad is not None:
+                cand_grad.index_copy_(0, rejected, grad.index_select(0, rejected))
+        x, cand = cand, x
+        probs, grad = cand_probs, cand_grad
+    final_conf = probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    return x, final_conf, accepted, recorder
+
+
+def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool):
+    """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as x)."""
+    if not need_grad:
+        with torch.no_grad():
+            return forward(x).softmax(1), None
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = forward(x_in)
+        (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
+    if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
+        grad = grad.contiguous(memory_format=_layout_of(x))
+    return logits.detach().softmax(1), grad
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _check_backend(backend: str | None, x: torch.Tensor) -> str:
+    available = ops.available_backends(x.device, x.dtype)
+    if backend is None:
+        return available[0]
+    if backend not in available:
+        raise ValueError(f"backend must be one of {available} for {x.dtype} on {x.device}, got {backend!r}")
+    return backend
+
+
+def resolve_memory_format(memory_format: str, model: torch.nn.Module) -> torch.memory_format:
+    """``"auto"`` picks channels_last for convolutional networks (measured ~1.6x faster on CPU for the offline
+    EfficientNet) and contiguous for models with at most one convolution (ViTs: only the patch embedding)."""
+    if memory_format == "auto":
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        return torch.channels_last if convs >= 2 else torch.contiguous_format
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be 'auto' or one of {list(MEMORY_FORMATS)}, got {memory_format!r}")
+    return MEMORY_FORMATS[memory_format]
+
+
+_tuned_models = FoldedModelCache()
+
+
+def _tuned_forward(model, normalizer, problem, layout, fold: bool):
+    """The forward the loop runs: the caller's model, or a private copy in ``layout`` with batch norms folded.
+
+    The copy is checked against the original on the start points; if they disagree beyond float rounding the
+    original model is used (with a warning).
+    """
+    if len(problem.labels) == 0 or (layout == torch.contiguous_format and not fold):
+        return problem.forward
+    key = (layout, fold, problem.x0.dtype, problem.x0.device)
+    tuned = _tuned_models.get(model, key)
+    if tuned is None:
+        tuned = _tuned_copy(model, normalizer, problem, layout, fold)
+        _tuned_models.put(model, key, tuned)
+    return make_forward(tuned, normalizer)
+
+
+def _tuned_copy(model, normalizer, problem, layout, fold: bool) -> torch.nn.Module:
+    probe = problem.x0[:4]
+    example = probe[:1] if normalizer is None else normalizer(probe[:1])
+    tuned = fold_batchnorm(model, example)[0] if fold else copy.deepcopy(model)
+    tuned = tuned.to(memory_format=layout).eval().requires_grad_(False)
+    with torch.no_grad():
+        expected = problem.forward(probe).softmax(1)
+        got = make_forward(tuned, normalizer)(probe.contiguous(memory_format=layout)).softmax(1)
+    tolerance = 1e3 * torch.finfo(probe.dtype).eps
+    if (got - expected).abs().max().item() > tolerance:
+        warnings.warn(
+            "lst_fast: the batch-norm-folded copy of this model disagrees with the original "
+            f"(max probability difference > {tolerance:.1e}); running the original model instead",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return model
+    return tuned

