@@ -46,6 +46,8 @@ def traverse_batch(
     init_noise: float = 4 / 255,
     log_every: int = 0,
     record=(),
+    width_distances=(0.5, 1, 1.5, 2),
+    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
     memory_format: str = "auto",
@@ -63,9 +65,12 @@ def traverse_batch(
         normalizer: callable applied to images before the model (e.g. :class:`lst_fast.models.Normalize`).
         step_size, iters, pthresh, adv_step_size, init_noise: the spec's settings; ``adv_step_size`` None or
             0 turns the adversarial correction off.
-        log_every, record: record ``"conf"`` (source/target confidence) and/or ``"images"`` every
-            ``log_every`` iterations, at the iterate before the step.
-        generator: torch.Generator for the start-point noise (the global RNG if None).
+        log_every, record: record ``"conf"`` (source/target confidence), ``"images"`` and/or ``"widths"``
+            every ``log_every`` iterations, at the iterate before the step.
+        width_distances, width_num_vecs: radii and number of random directions of the recorded path widths
+            (:func:`lst_fast.geometry.path_width` at the iterate, direction v_perp, threshold ``pthresh``).
+        generator: torch.Generator for the start-point noise and then the path widths' random directions
+            (the global RNG if None).
         progress: show a tqdm progress bar.
         memory_format: ``"auto"`` (channels_last for convolutional models, where it is faster),
             ``"contiguous"`` or ``"channels_last"``.
@@ -77,6 +82,7 @@ def traverse_batch(
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
+        width_distances=width_distances, width_num_vecs=width_num_vecs,
     )
     layout = resolve_memory_format(memory_format, model)
     if not isinstance(fold_batchnorm, bool):
@@ -105,7 +111,7 @@ def _run(problem, forward, settings, layout, backend, progress):
     probs, grad = _evaluate(forward, x, y, need_grad=settings.iters > 0)
     for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
         if recorder.due(it):
-            recorder.add(it, x, probs, problem)
+            recorder.add(it, x, probs, problem, forward=forward, grad=grad)
         ops.lst_step_(
             x, grad, tgt, delta, cand,
             step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,
@@ -172,28 +178,36 @@ _tuned_models = FoldedModelCache()
 
 
 def _tuned_forward(model, normalizer, problem, layout, fold: bool):
-    """The forward the loop runs: the caller's model, or a private copy in ``layout`` with batch norms folded.
-
-    The copy is checked against the original on the start points; if they disagree beyond float rounding the
-    original model is used (with a warning).
-    """
-    if len(problem.labels) == 0 or (layout == torch.contiguous_format and not fold):
+    """The forward the loop runs (see :func:`tuned_forward`), probed on the start points."""
+    if len(problem.labels) == 0:
         return problem.forward
-    key = (layout, fold, problem.x0.dtype, problem.x0.device)
+    return tuned_forward(model, normalizer, problem.x0, layout, fold)
+
+
+def tuned_forward(model, normalizer, probe: torch.Tensor, layout: torch.memory_format, fold: bool):
+    """The caller's model, or a private copy in ``layout`` with batch norms folded, as a forward on [0, 1] images.
+
+    The copy is cached until the model's weights change, and checked against the original on the first few
+    ``probe`` images; if they disagree beyond float rounding the original model is used (with a warning).
+    Call it with the model in eval mode (inside :func:`lst_fast.traversal.model_guard`).
+    """
+    if layout == torch.contiguous_format and not fold:
+        return make_forward(model, normalizer)
+    key = (layout, fold, probe.dtype, probe.device)
     tuned = _tuned_models.get(model, key)
     if tuned is None:
-        tuned = _tuned_copy(model, normalizer, problem, layout, fold)
+        tuned = _tuned_copy(model, normalizer, probe, layout, fold)
         _tuned_models.put(model, key, tuned)
     return make_forward(tuned, normalizer)
 
 
-def _tuned_copy(model, normalizer, problem, layout, fold: bool) -> torch.nn.Module:
-    probe = problem.x0[:4]
+def _tuned_copy(model, normalizer, probe, layout, fold: bool) -> torch.nn.Module:
+    probe = probe[:4]
     example = probe[:1] if normalizer is None else normalizer(probe[:1])
     tuned = fold_batchnorm(model, example)[0] if fold else copy.deepcopy(model)
     tuned = tuned.to(memory_format=layout).eval().requires_grad_(False)
     with torch.no_grad():
-        expected = problem.forward(probe).softmax(1)
+        expected = make_forward(model, normalizer)(probe).softmax(1)
         got = make_forward(tuned, normalizer)(probe.contiguous(memory_format=layout)).softmax(1)
     tolerance = 1e3 * torch.finfo(probe.dtype).eps
     if (got - expected).abs().max().item() > tolerance:
