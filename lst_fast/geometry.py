@@ -245,8 +245,10 @@ def triangle_confidences(
 
 
 def _check_deltas(deltas) -> tuple[float, ...]:
-    if isinstance(deltas, (str, bytes)) or not isinstance(deltas, Sequence) or not deltas:
-        raise TypeError(f"deltas must be a non-empty sequence of numbers in [0, 1], got {deltas!r}")
+    if isinstance(deltas, (str, bytes)) or not isinstance(deltas, Sequence):
+        raise TypeError(f"deltas must be a sequence of numbers in [0, 1], got {deltas!r}")
+    if not deltas:
+        raise ValueError("deltas must name at least one threshold")
     checked = tuple(_check_number(f"deltas[{i}]", d, minimum=0) for i, d in enumerate(deltas))
     if any(d > 1 for d in checked):
         raise ValueError(f"deltas must be in [0, 1], got {list(deltas)}")

@@ -9,7 +9,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.tri import Triangulation  # noqa: E402
+
+from lst_fast.geometry import triangle_grid  # noqa: E402
 
 
 def _to_hwc(image: torch.Tensor):
@@ -97,10 +101,6 @@ def triangle_plot(
     ``conf``: (G,) confidences at :func:`lst_fast.geometry.triangle_grid` ``(n)`` points (one row of
     :func:`lst_fast.geometry.triangle_confidences`); ``images``: (3, C, H, W) source, output a, output b.
     """
-    from matplotlib.tri import Triangulation
-
-    from lst_fast.geometry import triangle_grid
-
     weights = triangle_grid(n).numpy()
     conf = torch.as_tensor(conf).detach().float().cpu()
     if conf.shape != (len(weights),):
@@ -109,11 +109,12 @@ def triangle_plot(
         raise ValueError("images must have shape (3, C, H, W): the source and the two outputs")
     if len(corner_labels) != 3:
         raise ValueError(f"corner_labels must name the 3 corners, got {len(corner_labels)}")
-    corners = torch.tensor(_CORNERS).numpy()
+    corners = np.array(_CORNERS)
     xy = weights @ corners  # barycentric -> plane
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    filled = ax.tricontourf(Triangulation(xy[:, 0], xy[:, 1]), conf.numpy(), levels=torch.linspace(0, 1, 21).numpy(),
-                            cmap="viridis", vmin=0, vmax=1)
+    levels = torch.linspace(0, 1, 21).numpy()
+    triangles = Triangulation(xy[:, 0], xy[:, 1])
+    filled = ax.tricontourf(triangles, conf.numpy(), levels=levels, cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(filled, ax=ax, ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0], label="source-class confidence")
     ax.plot(*corners[[0, 1, 2, 0]].T, color="black", linewidth=0.8)
     for image, (x0, y0), label, value in zip(images, _CORNER_IMAGES, corner_labels, conf[[0, -1, n]].tolist()):
@@ -187,7 +188,9 @@ def confidence_path_plot(
     source = _as_rows("source_conf", source_conf, len(steps))
     target = _as_rows("target_conf", target_conf, len(steps))
     if source.shape != target.shape:
-        raise ValueError(f"target_conf has shape {tuple(target.shape)}, expected {tuple(source.shape)} like source_conf")
+        raise ValueError(
+            f"target_conf has shape {tuple(target.shape)}, expected {tuple(source.shape)} like source_conf"
+        )
     names = _line_labels("labels", labels, len(source))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for k, (src_row, tgt_row, name) in enumerate(zip(source, target, names)):

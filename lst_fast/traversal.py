@@ -188,8 +188,10 @@ def check_settings(
 
 def check_width_settings(distances, num_vecs, *, names=("distances", "num_vecs")) -> tuple[tuple[float, ...], int]:
     """Path-width radii (a non-empty sequence of reals > 0) and the number of random directions (an int >= 2)."""
-    if isinstance(distances, (str, bytes)) or not isinstance(distances, Sequence) or not distances:
-        raise TypeError(f"{names[0]} must be a non-empty sequence of radii > 0, got {distances!r}")
+    if isinstance(distances, (str, bytes)) or not isinstance(distances, Sequence):
+        raise TypeError(f"{names[0]} must be a sequence of radii > 0, got {distances!r}")
+    if not distances:
+        raise ValueError(f"{names[0]} must name at least one radius")
     radii = tuple(_check_number(f"{names[0]}[{i}]", r, minimum=0, strict=True) for i, r in enumerate(distances))
     return radii, _check_number(names[1], num_vecs, minimum=2, integer=True)
 

@@ -361,7 +361,8 @@ def test_recorded_widths_of_invalid_rows_are_nan():
     "kwargs, match",
     [
         (dict(width_distances=(1, 0)), r"width_distances\[1\] must be > 0"),
-        (dict(width_distances=()), "width_distances must be a non-empty sequence"),
+        (dict(width_distances=()), "width_distances must name at least one radius"),
+        (dict(width_distances=1.0), "width_distances must be a sequence of radii"),
         (dict(width_num_vecs=1), "width_num_vecs must be >= 2"),
         (dict(record=("widths",)), "needs log_every > 0"),
     ],
@@ -370,6 +371,8 @@ def test_traversal_width_settings_are_checked(kwargs, match):
     srcs = rand_images(1)
     with pytest.raises((ValueError, TypeError), match=match):
         reference.traverse_batch(confident_convnet(), srcs, srcs, iters=1, **kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fast.traverse_batch(confident_convnet(), srcs, srcs, iters=1, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -437,6 +440,7 @@ def efficientnet():
     return model, normalizer, photos, labels
 
 
+@pytest.mark.slow
 def test_efficientnet_triangles_and_widths_equal_one_at_a_time(efficientnet):
     model, normalizer, photos, labels = efficientnet
     plain = torch.nn.Sequential(normalizer, model).eval()
