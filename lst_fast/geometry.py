@@ -125,18 +125,19 @@ def _check_n(n) -> int:
 
 def segment_grid(n: int = 10) -> torch.Tensor:
     """Weights (n+1, 2) of the points ``(1-t) src + t out`` for t = 0, 1/n, ..., 1 (float64)."""
-    t = torch.arange(_check_n(n) + 1, dtype=torch.float64) / n
-    return torch.stack([1 - t, t], dim=1)
+    k = torch.arange(_check_n(n) + 1, dtype=torch.float64)
+    return torch.stack([n - k, k], dim=1) / n
 
 
 def triangle_grid(n: int = 10) -> torch.Tensor:
     """Weights (G, 3) of the points ``(1-t1-t2) s + t1 a + t2 b``, t1 = i/n, t2 = j/n, i + j <= n (float64).
 
-    G = (n+1)(n+2)/2 (66 for n = 10), ordered i = 0..n, then j = 0..n-i: point 0 is the source s.
+    G = (n+1)(n+2)/2 (66 for n = 10), ordered i = 0..n, then j = 0..n-i: point 0 is the source s. The source's
+    weight is computed as (n - i - j) / n, so it is exactly 0 on the edge a-b.
     """
     n = _check_n(n)
-    ij = torch.tensor([(i, j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=torch.float64) / n
-    return torch.stack([1 - ij[:, 0] - ij[:, 1], ij[:, 0], ij[:, 1]], dim=1)
+    ij = torch.tensor([(n - i - j, i, j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=torch.float64)
+    return ij / n
 
 
 def _distinct_images(vertices: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,8 +141,9 @@ def path_width_plot(
     distances: Sequence[float] = (0.5, 1, 1.5, 2),
     title: str | None = None,
 ) -> Path:
-    """Path width along one traversal: for each radius, the band between the 5% and 95% quantiles of the
-    source-class confidence, and the confidence at the iterate itself.
+    """Path width along one traversal, two panels: for each radius, the band between the 5% and 95% quantiles
+    of the source-class confidence around the iterate (with the confidence at the iterate itself), and the
+    drop of the 5% quantile below that confidence (small = the level set is wide there).
 
     ``widths``: (L, len(distances) + 1, 2), one row of ``TraversalResult.path_widths``; ``iters``: the (L,)
     recorded iterations (``TraversalResult.path_iters``; default 0..L-1).
@@ -154,18 +155,24 @@ def path_width_plot(
     steps = torch.arange(len(widths)) if iters is None else torch.as_tensor(iters)
     if steps.shape != (len(widths),):
         raise ValueError(f"iters must have shape ({len(widths)},) like widths, got {tuple(steps.shape)}")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (bands, drops) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = plt.cm.plasma(torch.linspace(0.1, 0.85, len(distances)).numpy())
+    at_iterate = widths[:, 0, 0]
     for k, (r, colour) in enumerate(zip(distances, colours), start=1):
-        ax.fill_between(steps, widths[:, k, 0], widths[:, k, 1], color=colour, alpha=0.3, linewidth=0)
-        ax.plot(steps, widths[:, k, 0], color=colour, linewidth=1, label=f"r = {r:g}: 5% / 95%")
-        ax.plot(steps, widths[:, k, 1], color=colour, linewidth=1)
-    ax.plot(steps, widths[:, 0, 0], color="black", linewidth=1.5, label="at the iterate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("source-class confidence")
-    ax.legend(fontsize=8, loc="lower left")
-    ax.set_title(title or "Path width: confidence on spheres orthogonal to the path", fontsize=10)
+        bands.fill_between(steps, widths[:, k, 0], widths[:, k, 1], color=colour, alpha=0.3, linewidth=0)
+        bands.plot(steps, widths[:, k, 0], color=colour, linewidth=1, label=f"r = {r:g}: 5% / 95%")
+        bands.plot(steps, widths[:, k, 1], color=colour, linewidth=1)
+        drops.plot(steps, at_iterate - widths[:, k, 0], color=colour, marker=".", label=f"r = {r:g}")
+    bands.plot(steps, at_iterate, color="black", linewidth=1.5, label="at the iterate")
+    bands.set_ylabel("source-class confidence")
+    bands.set_title("5%-95% band on spheres orthogonal to the path", fontsize=9)
+    drops.set_ylabel("confidence at the iterate - 5% quantile")
+    drops.set_title("drop of the 5% quantile", fontsize=9)
+    for ax in (bands, drops):
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
