@@ -216,7 +216,8 @@ def main() -> None:
         print(f"  speed-up {report[f'triangles_{layout}']['speedup']:.2f}x", flush=True)
     stats = geometry.triangle_stats(model, srcs, outs_a, outs_b, tri_labels, normalizer=normalizer)
     per_source = geometry.aggregate_triangles(stats, source_ids)
-    report["table2_example"] = geometry.mean_std_table({"EfficientNet-Lite0": per_source})
+    report["table2_example"] = geometry.mean_std_table({"EfficientNet-Lite0": per_source},
+                                                       columns=geometry.TABLE2_COLUMNS)
 
     # Path widths at LST outputs, direction v_perp.
     count = min(args.samples, len(result.images))

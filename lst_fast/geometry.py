@@ -41,6 +41,8 @@ from lst_fast.traversal import (
 
 DEFAULT_BATCH_SIZE = 128  # points per model call (about 1.5 GB of activations for a 224x224 EfficientNet)
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
+# The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
+TABLE2_COLUMNS = ("p_src", "mean", *(f"frac_{d}" for d in FRACTION_DELTAS), "edge_mean")
 WIDTH_QUANTILES = (0.05, 0.95)
 
 
@@ -345,12 +347,20 @@ def mean_std(columns: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]
     return summary
 
 
-def mean_std_table(rows: dict[str, dict[str, torch.Tensor]], *, digits: int = 3) -> str:
-    """A Markdown table with one row per entry of ``rows`` (e.g. a model) and a "mean ± std" cell per column
-    (the columns of the first row; e.g. the output of :func:`aggregate_triangles`)."""
+def mean_std_table(
+    rows: dict[str, dict[str, torch.Tensor]], *, columns: Sequence[str] | None = None, digits: int = 3
+) -> str:
+    """A Markdown table with one row per entry of ``rows`` (e.g. a model) and a "mean ± std" cell per column.
+
+    ``columns``: which columns, in order (default: all of the first row's). For the paper's Table 2 pass the
+    output of :func:`aggregate_triangles` and ``columns=TABLE2_COLUMNS``; for Table 1, the distances.
+    """
     if not rows:
         raise ValueError("rows must name at least one row of columns")
-    columns = list(next(iter(rows.values())))
+    columns = list(next(iter(rows.values())) if columns is None else columns)
+    missing = {name: [c for c in columns if c not in values] for name, values in rows.items()}
+    if any(missing.values()):
+        raise ValueError(f"rows lack the columns {missing}")
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, values in rows.items():
         summary = mean_std({key: values[key] for key in columns})

@@ -199,6 +199,11 @@ def test_aggregate_and_table_of_real_triangles():
     mean, std = per_source["mean"].double().mean().item(), per_source["mean"].double().std(correction=0).item()
     assert f"{mean:.4f} ± {std:.4f}" in table
     assert table.splitlines()[0] == "| | " + " | ".join(per_source) + " |"
+    table2 = geometry.mean_std_table({"a": per_source, "b": stats}, columns=geometry.TABLE2_COLUMNS)
+    assert table2.splitlines()[0] == "| | p_src | mean | frac_0.0 | frac_0.1 | frac_0.2 | frac_0.3 | edge_mean |"
+    assert len(table2.splitlines()) == 4 and "edge_min" not in table2
+    with pytest.raises(ValueError, match="rows lack the columns"):
+        geometry.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
 
 
 def test_mean_std_by_hand():
@@ -453,6 +458,10 @@ def test_efficientnet_triangles_and_widths_equal_one_at_a_time(efficientnet):
         want = torch.tensor([e[key] for e in expected])
         torch.testing.assert_close(stats[key], want, atol=1e-4, rtol=0, msg=key)
     assert stats["p_src"][1] > 0.9  # coffee -> espresso, confidently
+    star = geometry.interpolation_conf(model, srcs, outs_a, labels[:2], normalizer=normalizer, n=2)
+    for k in range(2):
+        points = torch.stack([(1 - t / 2) * srcs[k] + (t / 2) * outs_a[k] for t in range(3)])
+        torch.testing.assert_close(star[k], conf_of(plain, points, labels[k]), atol=1e-4, rtol=0)
 
     directions = photos[[1, 2]] - photos[[0, 1]]
     args = dict(distances=(2.0,), num_vecs=3, pthresh=0.2)
