@@ -268,6 +268,7 @@ def write_results(out: Path, report: dict) -> None:
     speedups = [r["speedup"] for _, r in rows]
     bars = ax.bar(labels, speedups, color=["C0", "C0", "C1"])
     ax.bar_label(bars, [f"{s:.2f}x" for s in speedups])
+    ax.set_ylim(0, 1.15 * max(speedups + [3]))
     ax.axhline(3, color="grey", linestyle="--", linewidth=1, label="goal 3x")
     ax.axhline(1, color="black", linewidth=0.8)
     ax.set_ylabel("speed-up over one at a time")
