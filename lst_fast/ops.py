@@ -3,37 +3,106 @@
 ``lst_step_`` is what the fast loop calls every iteration: it writes the candidate into a buffer that the
 caller owns and updates the correction buffer in place, so no memory is allocated per iteration.
 ``lst_step`` is the functional form. ``lst_step_torch_`` is the pure-PyTorch twin that every kernel is
-tested against.
+tested against. Backends (``available_backends`` lists those that run here, fastest first):
+
+* ``"triton"``: Triton, on GPU (on CPU only under ``TRITON_INTERPRET=1``, for tests);
+* ``"cuda"``: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found at install time);
+* ``"cpp"``: C++/OpenMP on CPU (``lst_fast._C``);
+* ``"torch"``: the pure-PyTorch twin, any device, dtype and layout.
+
+Both forms are registered as torch ops, ``torch.ops.lst_fast.lst_step_`` (mutates ``delta`` and ``out``)
+and ``torch.ops.lst_fast.lst_step`` (functional), with fake implementations, so they work under
+``torch.compile`` and CUDA graph capture. Called eagerly, the Python functions below skip the op
+dispatcher (it costs tens of microseconds per call, as much as a small GPU step) and run the same code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import math
+from typing import Callable, Optional
+
 import torch
 
-from lst_fast._extension import cpu_kernels
+from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
+from lst_fast.traversal import _check_number
 
-BACKENDS = ("cpp", "torch")
-_KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+BACKENDS = ("triton", "cuda", "cpp", "torch")
+ROW_ORDERS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def rows(t: torch.Tensor) -> torch.Tensor:
-    """View a (B, C, H, W) tensor as (B, D) rows without copying, for contiguous or channels_last memory."""
-    if t.is_contiguous():
-        return t.view(t.shape[0], -1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(t.shape[0], -1)
-    raise ValueError(
-        f"expected a contiguous or channels_last tensor, got shape {tuple(t.shape)} with strides {t.stride()}"
-    )
+# ---------------------------------------------------------------------------------------------------------
+# Row views
+
+
+def row_orders(t: torch.Tensor) -> set[str]:
+    """Element orders in which every row (dim 0 entry) of ``t`` is stored densely: a subset of ROW_ORDERS."""
+    return {name for name, fmt in ROW_ORDERS.items() if _dense_rows(t, fmt)}
+
+
+def _dense_rows(t: torch.Tensor, fmt: torch.memory_format) -> bool:
+    """Whether t[i] is dense in ``fmt`` for every i (dim 0 may have any stride, e.g. a slice of a batch)."""
+    if fmt == torch.channels_last and t.dim() != 4:
+        return False
+    return t[:1].is_contiguous(memory_format=fmt) if t.shape[0] else t.is_contiguous(memory_format=fmt)
+
+
+def rows(t: torch.Tensor, order: str | None = None) -> torch.Tensor:
+    """View a (B, ...) tensor as (B, D) rows without copying, with elements in ``order`` (default: the order
+    the tensor is dense in, contiguous first)."""
+    orders = row_orders(t)
+    if order is None:
+        order = "contiguous" if "contiguous" in orders else next(iter(orders), None)
+    if order not in orders:
+        raise ValueError(
+            "expected a tensor whose rows are dense in contiguous or channels_last order, got shape "
+            f"{tuple(t.shape)} with strides {t.stride()}"
+        )
+    if order == "channels_last":
+        t = t.permute(0, 2, 3, 1)
+    return t.as_strided((t.shape[0], math.prod(t.shape[1:])), (t.stride(0), 1))
+
+
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row dot products <a[i], b[i]> of two (B, ...) tensors, without a temporary when layouts match."""
+    common = row_orders(a) & row_orders(b)
+    if common:
+        order = "contiguous" if "contiguous" in common else "channels_last"
+        return torch.linalg.vecdot(rows(a, order), rows(b, order))
+    return (a * b).flatten(1).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backends
+
+
+def _triton_step():
+    """The Triton backend module, or None when triton cannot be imported."""
+    try:
+        return importlib.import_module("lst_fast.kernels.triton_step")
+    except ImportError:
+        return None
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:
-    """Backends that can run ``lst_step`` on ``device`` (for ``dtype`` if given) here, fastest first."""
+    """Backends that can run ``lst_step`` on ``device`` (for ``dtype`` if given) here, fastest first.
+
+    On CPU the Triton interpreter (``TRITON_INTERPRET=1``) is listed last: it is for tests, not speed.
+    """
     device = torch.device(device)
+    triton_step = _triton_step() if device.type == "cuda" or triton_interpreting() else None
+    triton_ok = triton_step is not None and triton_step.supports(device, dtype)
     found = []
-    if device.type == "cpu" and (dtype is None or dtype in _KERNEL_DTYPES) and cpu_kernels() is not None:
+    if triton_ok and device.type == "cuda":
+        found.append("triton")
+    if cuda_step.supports(device, dtype):
+        found.append("cuda")
+    if cpp_step.supports(device, dtype):
         found.append("cpp")
     found.append("torch")
+    if triton_ok and device.type == "cpu":
+        found.append("triton")
     return found
 
 
@@ -41,14 +110,16 @@ def default_backend(device: torch.device | str, dtype: torch.dtype | None = None
     return available_backends(device, dtype)[0]
 
 
-def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row dot products <a[i], b[i]> of two (B, ...) tensors, without a temporary when layouts match."""
-    if a.stride() == b.stride():
-        try:
-            return torch.linalg.vecdot(rows(a), rows(b))
-        except ValueError:
-            pass  # rows are not dense: take the general path below
-    return (a * b).flatten(1).sum(1)
+def _kernel(backend: str) -> Callable:
+    if backend == "cpp":
+        return cpp_step.lst_step_cpp_
+    if backend == "cuda":
+        return cuda_step.lst_step_cuda_
+    return _triton_step().lst_step_triton_
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The step
 
 
 def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size: float) -> None:
@@ -71,28 +142,82 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size
     out.clamp_(0, 1)
 
 
-def _check_step_args(x, grad, tgt, delta, out) -> None:
-    named = {"x": x, "grad": grad, "tgt": tgt, "out": out}
-    if delta is not None:
-        named["delta"] = delta
+def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, backend: str) -> None:
+    """Run a checked step (``delta`` None: correction off) on ``backend``."""
+    if x.numel() == 0:
+        return
+    if backend == "torch":
+        lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+        return
+    tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
+    order = _common_row_order(tensors, backend)
+    _check_no_overlap(out, tensors)
+    views = [None if t is None else rows(t, order) for t in (x, grad, tgt, delta, out)]
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with guard:
+        _kernel(backend)(*views, step_size, adv_step_size)
+
+
+def _common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> str:
+    common = set(ROW_ORDERS)
+    for name, t in tensors.items():
+        orders = row_orders(t)
+        if not orders:
+            raise ValueError(
+                f"backend {backend!r} needs {name} with dense rows (contiguous or channels_last), got strides "
+                f"{t.stride()} for shape {tuple(t.shape)}; call .contiguous() first or use backend='torch'"
+            )
+        common &= orders
+    if not common:
+        layouts = {name: sorted(row_orders(t)) for name, t in tensors.items()}
+        raise ValueError(
+            f"backend {backend!r} needs x, grad, tgt, delta and out in one memory format, got {layouts}"
+        )
+    return "contiguous" if "contiguous" in common else "channels_last"
+
+
+def _check_no_overlap(out: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+    start, end = _byte_span(out)
+    for name, t in tensors.items():
+        if t is not out:
+            other_start, other_end = _byte_span(t)
+            if start < other_end and other_start < end:
+                raise ValueError(f"out must not overlap {name}: the kernels read {name} while writing out")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> tuple[float, float, str]:
+    """Argument checks shared by both forms; returns the checked step sizes and the resolved backend."""
+    named = {"x": x, "grad": grad, "tgt": tgt} | ({} if delta is None else {"delta": delta})
+    named |= {} if out is None else {"out": out}
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, ...) with at least one dimension per row, got {tuple(x.shape)}")
+    for name, t in named.items():
         if t.shape != x.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of x {tuple(x.shape)}")
         if t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, expected the device of x ({x.device})")
-        if t.dim() < 1 or t.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty batch, got shape {tuple(t.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-
-
-def _same_layout(tensors) -> bool:
-    strides = {t.stride() for t in tensors}
-    return len(strides) == 1
+    step_size = _check_number("step_size", step_size, minimum=0, strict=True)
+    adv_step_size = _check_number("adv_step_size", adv_step_size, minimum=0)
+    available = available_backends(x.device, x.dtype)
+    if backend is None:
+        return step_size, adv_step_size, available[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if backend not in available:
+        raise ValueError(f"backend {backend!r} cannot run {x.dtype} on {x.device} here; available: {available}")
+    return step_size, adv_step_size, backend
 
 
 def lst_step_(
@@ -108,42 +233,81 @@ def lst_step_(
 ) -> None:
     """In-place LST step: ``out = clamp(x + step_size * v_perp - delta_new, 0, 1)``, ``delta`` updated.
 
-    ``delta=None`` or ``adv_step_size == 0`` means the adversarial correction is off.
+    ``delta=None`` or ``adv_step_size == 0`` means the adversarial correction is off (``delta`` untouched).
+    ``backend`` None picks the fastest available one for x's device and dtype.
     """
-    _check_step_args(x, grad, tgt, delta, out)
-    if adv_step_size < 0 or step_size <= 0:
-        raise ValueError(f"need step_size > 0 and adv_step_size >= 0, got {step_size} and {adv_step_size}")
-    if delta is not None and adv_step_size == 0:
-        delta = None
-    backend = backend or default_backend(x.device, x.dtype)
-    if backend not in available_backends(x.device, x.dtype):
-        raise ValueError(
-            f"backend {backend!r} cannot run {x.dtype} on {x.device} here; "
-            f"available: {available_backends(x.device, x.dtype)}"
-        )
-    if backend == "cpp":
-        _lst_step_cpp(x, grad, tgt, delta, out, step_size, adv_step_size)
+    step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+    delta = None if adv_step_size == 0 else delta
+    if torch.compiler.is_compiling():
+        torch.ops.lst_fast.lst_step_(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
     else:
-        lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+        _run_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
 
 
-def _lst_step_cpp(x, grad, tgt, delta, out, step_size, adv_step_size) -> None:
-    tensors = [x, grad, tgt, out] + ([delta] if delta is not None else [])
-    for t in tensors:
-        rows(t)  # raises for layouts whose rows are not dense
-    if not _same_layout(tensors):
-        raise ValueError("backend 'cpp' needs x, grad, tgt, delta and out in the same memory format")
-    cpu_kernels().lst_step(
-        _KERNEL_DTYPES[x.dtype],
-        x.data_ptr(), x.stride(0), grad.data_ptr(), grad.stride(0), tgt.data_ptr(), tgt.stride(0),
-        0 if delta is None else delta.data_ptr(), 0 if delta is None else delta.stride(0),
-        out.data_ptr(), out.stride(0), x.shape[0], x[0].numel(), float(step_size), float(adv_step_size),
-    )
+def lst_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: torch.Tensor | None,
+    *,
+    step_size: float,
+    adv_step_size: float,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Functional LST step: returns ``(candidate, new_delta)`` and leaves the inputs untouched.
+
+    ``delta=None`` means a zero correction. With the correction off (``adv_step_size == 0``) ``new_delta`` is
+    a copy of ``delta`` (zeros if None).
+    """
+    step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, None, step_size, adv_step_size, backend)
+    if torch.compiler.is_compiling():
+        return torch.ops.lst_fast.lst_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
+    return _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
 
 
-def lst_step(x, grad, tgt, delta, *, step_size: float, adv_step_size: float, backend: str | None = None):
-    """Functional LST step: returns ``(candidate, new_delta)`` and leaves the inputs untouched."""
+def _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend):
     new_delta = torch.zeros_like(x) if delta is None else delta.clone()
     out = torch.empty_like(x)
-    lst_step_(x, grad, tgt, new_delta, out, step_size=step_size, adv_step_size=adv_step_size, backend=backend)
+    _run_step(x, grad, tgt, new_delta if adv_step_size > 0 else None, out, step_size, adv_step_size, backend)
     return out, new_delta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library registration: the same code as opaque ops with fake implementations for tracing.
+
+
+@torch.library.custom_op("lst_fast::lst_step_", mutates_args=("delta", "out"))
+def _lst_step_inplace_op(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: Optional[torch.Tensor],
+    out: torch.Tensor,
+    step_size: float,
+    adv_step_size: float,
+    backend: str,
+) -> None:
+    _run_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+
+
+@_lst_step_inplace_op.register_fake
+def _(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> None:
+    return None
+
+
+@torch.library.custom_op("lst_fast::lst_step", mutates_args=())
+def _lst_step_op(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: Optional[torch.Tensor],
+    step_size: float,
+    adv_step_size: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
+
+
+@_lst_step_op.register_fake
+def _(x, grad, tgt, delta, step_size, adv_step_size, backend):
+    return torch.empty_like(x), torch.empty_like(x if delta is None else delta)
