@@ -20,6 +20,9 @@
 namespace lst_fast {
 namespace {
 
+// Batches smaller than this (in elements) run on one thread: waking the other threads would cost more than
+// the work, and much more when the cores are shared with other processes.
+constexpr int64_t kMinParallelElements = 1 << 15;
 // Rows at least this long are split across threads when there are too few rows to keep every thread busy
 // with whole rows; shorter rows are always handed out whole.
 constexpr int64_t kSplitRowLen = 1 << 14;
@@ -134,7 +137,7 @@ int max_threads() {
 // what the first just brought into that core's caches, and threads never wait for each other.
 template <typename scalar_t>
 void whole_rows(const StepArgs<scalar_t>& args, int64_t n_rows) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_rows * args.row_len >= kMinParallelElements)
   for (int64_t b = 0; b < n_rows; ++b) {
     args.update(b, 0, args.row_len, projection_coef(args.dots(b, 0, args.row_len)));
   }
@@ -193,7 +196,8 @@ void lst_step_cpu(const scalar_t* x, int64_t x_stride, const scalar_t* grad, int
                                 static_cast<scalar_t>(adv_step_size / 2.0),
                                 static_cast<scalar_t>(adv_step_size)};
   const int64_t threads = max_threads();
-  if (threads == 1 || shape.row_len < kSplitRowLen || whole_rows_balance(shape.n_rows, threads)) {
+  if (threads == 1 || shape.row_len < kSplitRowLen || shape.n_rows * shape.row_len < kMinParallelElements ||
+      whole_rows_balance(shape.n_rows, threads)) {
     whole_rows(args, shape.n_rows);
   } else {
     split_rows(args, shape.n_rows);

@@ -146,12 +146,12 @@ def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, 
     """Run a checked step (``delta`` None: correction off) on ``backend``."""
     if x.numel() == 0:
         return
+    tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
+    _check_no_overlap(out, tensors)
     if backend == "torch":
         lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
         return
-    tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
     order = _common_row_order(tensors, backend)
-    _check_no_overlap(out, tensors)
     views = [None if t is None else rows(t, order) for t in (x, grad, tgt, delta, out)]
     guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
     with guard:
@@ -179,10 +179,10 @@ def _common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> str:
 def _check_no_overlap(out: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
     start, end = _byte_span(out)
     for name, t in tensors.items():
-        if t is not out:
+        if name != "out":
             other_start, other_end = _byte_span(t)
             if start < other_end and other_start < end:
-                raise ValueError(f"out must not overlap {name}: the kernels read {name} while writing out")
+                raise ValueError(f"out must not overlap {name}: the step reads {name} while it writes out")
 
 
 def _byte_span(t: torch.Tensor) -> tuple[int, int]:
