@@ -18,7 +18,6 @@ dispatcher (it costs tens of microseconds per call, as much as a small GPU step)
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
 from typing import Callable, Optional
@@ -29,23 +28,33 @@ from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
 from lst_fast.traversal import _check_number
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
-ROW_ORDERS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+# Element orders of a row, as the dims of a (B, ...) tensor from the innermost (fastest) outwards.
+ROW_ORDERS = ("contiguous", "channels_last")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Row views
+# Row layout
 
 
 def row_orders(t: torch.Tensor) -> set[str]:
-    """Element orders in which every row (dim 0 entry) of ``t`` is stored densely: a subset of ROW_ORDERS."""
-    return {name for name, fmt in ROW_ORDERS.items() if _dense_rows(t, fmt)}
+    """Element orders (of ROW_ORDERS) in which every row ``t[i]`` is stored densely; dim 0 may have any
+    stride (e.g. every other row of a batch). Pure Python on sizes and strides: this runs every step."""
+    shape, stride, dim = t.shape, t.stride(), t.dim()
+    found = set()
+    if _dense(shape, stride, range(dim - 1, 0, -1)):
+        found.add("contiguous")
+    if dim == 4 and _dense(shape, stride, (1, 3, 2)):
+        found.add("channels_last")
+    return found
 
 
-def _dense_rows(t: torch.Tensor, fmt: torch.memory_format) -> bool:
-    """Whether t[i] is dense in ``fmt`` for every i (dim 0 may have any stride, e.g. a slice of a batch)."""
-    if fmt == torch.channels_last and t.dim() != 4:
-        return False
-    return t[:1].is_contiguous(memory_format=fmt) if t.shape[0] else t.is_contiguous(memory_format=fmt)
+def _dense(shape, stride, dims_inner_first) -> bool:
+    expected = 1
+    for d in dims_inner_first:
+        if shape[d] != 1 and stride[d] != expected:
+            return False
+        expected *= shape[d]
+    return True
 
 
 def rows(t: torch.Tensor, order: str | None = None) -> torch.Tensor:
@@ -90,7 +99,21 @@ def available_backends(device: torch.device | str, dtype: torch.dtype | None = N
 
     On CPU the Triton interpreter (``TRITON_INTERPRET=1``) is listed last: it is for tests, not speed.
     """
-    device = torch.device(device)
+    return list(_available(torch.device(device), dtype))
+
+
+_available_cache: dict[tuple[torch.device, torch.dtype | None], tuple[str, ...]] = {}
+
+
+def _available(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ...]:
+    """Memoised: what is built and which devices exist does not change while the process runs."""
+    key = (device, dtype)
+    if key not in _available_cache:
+        _available_cache[key] = _find_backends(device, dtype)
+    return _available_cache[key]
+
+
+def _find_backends(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ...]:
     triton_step = _triton_step() if device.type == "cuda" or triton_interpreting() else None
     triton_ok = triton_step is not None and triton_step.supports(device, dtype)
     found = []
@@ -103,11 +126,11 @@ def available_backends(device: torch.device | str, dtype: torch.dtype | None = N
     found.append("torch")
     if triton_ok and device.type == "cpu":
         found.append("triton")
-    return found
+    return tuple(found)
 
 
 def default_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    return available_backends(device, dtype)[0]
+    return _available(torch.device(device), dtype)[0]
 
 
 def _kernel(backend: str) -> Callable:
@@ -147,18 +170,22 @@ def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, 
     if x.numel() == 0:
         return
     tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
-    _check_no_overlap(out, tensors)
+    _check_no_overlap(tensors)
     if backend == "torch":
         lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
         return
-    order = _common_row_order(tensors, backend)
-    views = [None if t is None else rows(t, order) for t in (x, grad, tgt, delta, out)]
-    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-    with guard:
-        _kernel(backend)(*views, step_size, adv_step_size)
+    _check_common_row_order(tensors, backend)
+    n_rows, row_len = x.shape[0], x.numel() // x.shape[0]
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        with torch.cuda.device(x.device):
+            _kernel(backend)(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+    else:
+        _kernel(backend)(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
 
 
-def _common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> str:
+def _check_common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> None:
+    """The kernels index every tensor as ``data_ptr + row * stride(0) + i``: rows must be dense and store
+    their elements in the same order in every tensor."""
     common = set(ROW_ORDERS)
     for name, t in tensors.items():
         orders = row_orders(t)
@@ -173,11 +200,10 @@ def _common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> str:
         raise ValueError(
             f"backend {backend!r} needs x, grad, tgt, delta and out in one memory format, got {layouts}"
         )
-    return "contiguous" if "contiguous" in common else "channels_last"
 
 
-def _check_no_overlap(out: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
-    start, end = _byte_span(out)
+def _check_no_overlap(tensors: dict[str, torch.Tensor]) -> None:
+    start, end = _byte_span(tensors["out"])
     for name, t in tensors.items():
         if name != "out":
             other_start, other_end = _byte_span(t)
@@ -210,13 +236,15 @@ def _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> 
             raise ValueError(f"{name} is on {t.device}, expected the device of x ({x.device})")
     step_size = _check_number("step_size", step_size, minimum=0, strict=True)
     adv_step_size = _check_number("adv_step_size", adv_step_size, minimum=0)
-    available = available_backends(x.device, x.dtype)
+    available = _available(x.device, x.dtype)
     if backend is None:
         return step_size, adv_step_size, available[0]
     if backend not in BACKENDS:
         raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
     if backend not in available:
-        raise ValueError(f"backend {backend!r} cannot run {x.dtype} on {x.device} here; available: {available}")
+        raise ValueError(
+            f"backend {backend!r} cannot run {x.dtype} on {x.device} here; available: {list(available)}"
+        )
     return step_size, adv_step_size, backend
 
 

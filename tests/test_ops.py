@@ -211,12 +211,9 @@ def test_triton_split_plan(adv, channels_last):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, grad, tgt, delta = make_inputs((3, 3, 7, 9), device=device, channels_last=channels_last)
     out = torch.empty_like(x)
-    order = "channels_last" if channels_last else "contiguous"
-    views = [ops.rows(t, order) for t in (x, grad, tgt, delta if adv else None, out) if t is not None]
-    if not adv:
-        views.insert(3, None)
     # 189 elements per row in blocks of 32: six full blocks and a partial one, summed in stage 2.
-    triton_step.lst_step_triton_(*views, STEP, adv, max_row_block=16, split_block=32)
+    triton_step.lst_step_triton_(x, grad, tgt, delta if adv else None, out, 3, 189, STEP, adv,
+                                 max_row_block=16, split_block=32)
     exp_cand, exp_delta = expected_step(*make_inputs((3, 3, 7, 9), device=device), STEP, adv)
     assert_close(out, exp_cand, tolerance(x.dtype))
     assert_close(delta, exp_delta, tolerance(x.dtype))

@@ -1,8 +1,11 @@
 """Kernel backends of the fused LST step (see :mod:`lst_fast.ops`, which checks arguments and dispatches).
 
-Every backend module offers ``supports(device, dtype) -> bool`` and a launcher that takes (B, D) row views
-with dense rows in one common element order, ``delta`` None when the correction is off, and writes the
-candidate into ``out``:
+Every backend module offers ``supports(device, dtype) -> bool`` and a launcher
+``(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)``. The launcher indexes each tensor
+``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for ``i < row_len``: the caller guarantees dense rows that
+store their elements in one common order (all contiguous or all channels_last), that ``out`` overlaps no input,
+and that the current CUDA device is the tensors' device. ``delta`` None means the correction is off. The
+launcher writes the candidate into ``out`` and updates ``delta`` in place.
 
 * :mod:`lst_fast.kernels.cpp_step`: C++/OpenMP on the CPU (``lst_fast._C``);
 * :mod:`lst_fast.kernels.cuda_step`: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found);

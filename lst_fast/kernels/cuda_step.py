@@ -38,17 +38,16 @@ def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
     return device.type == "cuda" and (dtype is None or dtype in DTYPES) and unavailable_reason() == ""
 
 
-def lst_step_cuda_(x, grad, tgt, delta, out, step_size: float, adv_step_size: float) -> None:
-    """Launch on (B, D) row views (see :mod:`lst_fast.kernels`) on the current stream of x's device."""
+def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
+                   adv_step_size: float) -> None:
+    """Launch (see :mod:`lst_fast.kernels` for the contract) on the current stream of the current device."""
     module = _module()
-    n_rows, row_len = x.shape
     workspace_len = module.workspace_size(n_rows, row_len)
     workspace = torch.empty(workspace_len, dtype=torch.float64, device=x.device) if workspace_len else None
-    with torch.cuda.device(x.device):
-        module.lst_step(
-            DTYPES[x.dtype],
-            x.data_ptr(), x.stride(0), grad.data_ptr(), grad.stride(0), tgt.data_ptr(), tgt.stride(0),
-            0 if delta is None else delta.data_ptr(), 0 if delta is None else delta.stride(0),
-            out.data_ptr(), out.stride(0), n_rows, row_len, float(step_size), float(adv_step_size),
-            0 if workspace is None else workspace.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream,
-        )
+    module.lst_step(
+        DTYPES[x.dtype],
+        x.data_ptr(), x.stride(0), grad.data_ptr(), grad.stride(0), tgt.data_ptr(), tgt.stride(0),
+        0 if delta is None else delta.data_ptr(), 0 if delta is None else delta.stride(0),
+        out.data_ptr(), out.stride(0), n_rows, row_len, step_size, adv_step_size,
+        0 if workspace is None else workspace.data_ptr(), torch.cuda.current_stream().cuda_stream,
+    )

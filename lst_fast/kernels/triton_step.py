@@ -115,31 +115,30 @@ def _warps(block: int) -> int:
     return max(1, min(16, block // 512))
 
 
-def lst_step_triton_(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, *,
-                     max_row_block: int = MAX_ROW_BLOCK, split_block: int = SPLIT_BLOCK) -> None:
-    """Launch the step on (B, D) row views with dense rows (checked by the caller, :mod:`lst_fast.ops`).
+def lst_step_triton_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
+                     adv_step_size: float, *, max_row_block: int = MAX_ROW_BLOCK,
+                     split_block: int = SPLIT_BLOCK) -> None:
+    """Launch (see :mod:`lst_fast.kernels` for the contract) on the current device.
 
-    ``delta`` None means the correction is off. ``max_row_block`` and ``split_block`` (powers of two) pick
-    the launch plan; the tests shrink them to reach the split plan with small shapes.
+    ``max_row_block`` and ``split_block`` (powers of two) pick the launch plan; the tests shrink them to reach
+    the split plan with small shapes.
     """
-    n_rows, row_len = x.shape
     has_delta = delta is not None
     d = delta if has_delta else out  # never read or written when the correction is off
     strides = (x.stride(0), grad.stride(0), tgt.stride(0), d.stride(0), out.stride(0))
-    scalars = (float(step_size), float(adv_step_size))
     if row_len <= max_row_block:
         block = max(16, triton.next_power_of_2(row_len))
-        _row_step[(n_rows,)](x, grad, tgt, d, out, *strides, row_len, *scalars,
+        _row_step[(n_rows,)](x, grad, tgt, d, out, *strides, row_len, step_size, adv_step_size,
                              HAS_DELTA=has_delta, BLOCK=block, num_warps=_warps(block))
         return
     n_blocks = triton.cdiv(row_len, split_block)
     partials = torch.empty((n_rows, n_blocks, 2), dtype=torch.float32, device=x.device)
     for r0 in range(0, n_rows, MAX_GRID_Y):  # the second grid dimension is limited to 65,535
         r1 = min(n_rows, r0 + MAX_GRID_Y)
-        views = (x[r0:r1], grad[r0:r1], tgt[r0:r1], d[r0:r1], out[r0:r1])
+        tensors = (x[r0:r1], grad[r0:r1], tgt[r0:r1], d[r0:r1], out[r0:r1])
         grid = (n_blocks, r1 - r0)
-        _partial_dots[grid](*views[:3], partials[r0:r1], *strides[:3], row_len, n_blocks,
+        _partial_dots[grid](*tensors[:3], partials[r0:r1], *strides[:3], row_len, n_blocks,
                             BLOCK=split_block, num_warps=_warps(split_block))
-        _update[grid](*views, partials[r0:r1], *strides, row_len, r1 - r0, n_blocks, *scalars,
+        _update[grid](*tensors, partials[r0:r1], *strides, row_len, r1 - r0, n_blocks, step_size, adv_step_size,
                       HAS_DELTA=has_delta, BLOCK=split_block, BLOCKS_P2=max(2, triton.next_power_of_2(n_blocks)),
                       num_warps=_warps(split_block))
