@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import statistics
 import time
@@ -70,13 +71,14 @@ def calls_per_round(fn, device: torch.device, round_seconds: float) -> int:
     return max(1, min(10_000, int(round_seconds / max(once, 1e-7))))
 
 
-def interleaved_medians(fns: dict, device: torch.device, rounds: int, round_seconds: float) -> dict[str, float]:
+def interleaved_rounds(fns: dict, device: torch.device, rounds: int, round_seconds: float) -> dict[str, list]:
+    """Seconds per call of every function in each of ``rounds`` rounds, the functions taking turns."""
     calls = {name: calls_per_round(fn, device, round_seconds) for name, fn in fns.items()}
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             samples[name].append(seconds_per_call(fn, device, calls[name]))
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
 
 
 def make_inputs(batch: int, shape, device, dtype, memory_format):
@@ -93,8 +95,8 @@ def copy_bandwidth(nbytes: int, device: torch.device, rounds: int, round_seconds
     """Bytes read plus written per second by ``dst.copy_(src)`` into a preallocated buffer."""
     src = torch.rand(nbytes // 2 // 4, device=device)
     dst = torch.empty_like(src)
-    seconds = interleaved_medians({"copy": lambda: dst.copy_(src)}, device, rounds, round_seconds)["copy"]
-    return 2 * src.numel() * 4 / seconds
+    samples = interleaved_rounds({"copy": lambda: dst.copy_(src)}, device, rounds, round_seconds)["copy"]
+    return 2 * src.numel() * 4 / statistics.median(samples)
 
 
 def bench_config(name, batch, device, dtype, memory_format, backends, compiled_chain, args):
@@ -107,11 +109,12 @@ def bench_config(name, batch, device, dtype, memory_format, backends, compiled_c
     for backend in backends:
         fns[backend] = (lambda b: lambda: ops.lst_step_(
             x, grad, tgt, delta, out, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE, backend=b))(backend)
-    seconds = interleaved_medians(fns, device, args.rounds, args.round_seconds)
+    samples = interleaved_rounds(fns, device, args.rounds, args.round_seconds)
+    seconds = {impl: statistics.median(s) for impl, s in samples.items()}
     nbytes = TENSORS_MOVED * x.numel() * x.element_size()
     return [
-        dict(shape=name, batch=batch, impl=impl, ms=s * 1e3, gbps=nbytes / s / 1e9,
-             vs_eager=seconds["eager"] / s, vs_compiled=seconds["compiled"] / s)
+        dict(shape=name, batch=batch, impl=impl, ms=s * 1e3, ms_min=min(samples[impl]) * 1e3,
+             gbps=nbytes / s / 1e9, vs_eager=seconds["eager"] / s, vs_compiled=seconds["compiled"] / s)
         for impl, s in seconds.items()
     ]
 
@@ -137,7 +140,7 @@ def run(args) -> dict:
     for r in rows:
         r["copy_fraction"] = r["gbps"] / copy_gbps
     return dict(
-        device=str(device), device_name=device_name(device), dtype=args.dtype,
+        device=str(device), device_name=device_name(device), dtype=args.dtype, load_average=os.getloadavg(),
         memory_format="channels_last" if args.channels_last else "contiguous",
         threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
         copy_gbps=copy_gbps, tensors_moved=TENSORS_MOVED, rounds=args.rounds, results=rows,
@@ -190,12 +193,13 @@ def plot(report: dict, path: Path) -> None:
 
 
 def summary(report: dict) -> str:
-    lines = [f"copy_ bandwidth: {report['copy_gbps']:.1f} GB/s ({report['device_name']}, {report['threads']} threads)",
-             f"{'shape':9s} {'batch':>6s} {'impl':9s} {'ms':>9s} {'GB/s':>7s} {'x eager':>8s} {'x compiled':>10s} "
-             f"{'of copy':>8s}"]
+    lines = [f"copy_ bandwidth: {report['copy_gbps']:.1f} GB/s ({report['device_name']}, {report['threads']} threads, "
+             f"load average {report['load_average'][0]:.1f}); medians over {report['rounds']} interleaved rounds",
+             f"{'shape':9s} {'batch':>6s} {'impl':9s} {'ms':>9s} {'min ms':>9s} {'GB/s':>7s} {'x eager':>8s} "
+             f"{'x compiled':>10s} {'of copy':>8s}"]
     for r in report["results"]:
-        lines.append(f"{r['shape']:9s} {r['batch']:6d} {r['impl']:9s} {r['ms']:9.3f} {r['gbps']:7.1f} "
-                     f"{r['vs_eager']:8.2f} {r['vs_compiled']:10.2f} {r['copy_fraction']:8.0%}")
+        lines.append(f"{r['shape']:9s} {r['batch']:6d} {r['impl']:9s} {r['ms']:9.3f} {r['ms_min']:9.3f} "
+                     f"{r['gbps']:7.1f} {r['vs_eager']:8.2f} {r['vs_compiled']:10.2f} {r['copy_fraction']:8.0%}")
     return "\n".join(lines)
 
 
