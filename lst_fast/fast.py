@@ -78,10 +78,10 @@ def traverse_batch(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
     )
-    layout = resolve_memory_format(memory_format, model)
     if not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
     with model_guard(model):
+        layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
         forward = _tuned_forward(model, normalizer, problem, layout, fold_batchnorm)
