@@ -1,11 +1,11 @@
-"""Batch-norm folding (lst_fast.fusion) and the fast loop's cached, tuned model copy."""
+"""Batch-norm folding (lst_fast.fusion) and the cached, tuned model copy (lst_fast.tuning)."""
 
 import pytest
 import torch
 from torch import nn
 
 import lst_fast
-from lst_fast import fast
+from lst_fast import tuning
 from lst_fast.fusion import fold_batchnorm
 from conftest import tiny_cnn
 
@@ -77,19 +77,19 @@ def test_tuned_copy_is_cached_until_the_weights_change():
     srcs = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=1)
     key = (torch.channels_last, True, torch.float64, srcs.device)
-    first = fast._tuned_models.get(model, key)
+    first = tuning._cache.get(model, key)
     assert first is not None and first is not model
     lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=1)
-    assert fast._tuned_models.get(model, key) is first
+    assert tuning._cache.get(model, key) is first
     with torch.no_grad():
         model[0].weight.add_(0.1)  # an in-place change of the caller's weights invalidates the copy
-    assert fast._tuned_models.get(model, key) is None
+    assert tuning._cache.get(model, key) is None
     result = lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
     expected = lst_fast.reference.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(result.images, expected.images, atol=1e-12, rtol=0)
 
 
 def test_auto_memory_format_follows_the_architecture():
-    assert fast.resolve_memory_format("auto", tiny_cnn()) == torch.channels_last
+    assert tuning.resolve_memory_format("auto", tiny_cnn()) == torch.channels_last
     single_conv = nn.Sequential(nn.Conv2d(3, 4, 16, stride=16), nn.Flatten(), nn.LazyLinear(3))
-    assert fast.resolve_memory_format("auto", single_conv) == torch.contiguous_format
+    assert tuning.resolve_memory_format("auto", single_conv) == torch.contiguous_format
