@@ -7,16 +7,6 @@
 #include <omp.h>
 #endif
 
-// The two hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, and the loader picks the best
-// one for the machine at hand (GCC/Clang function multiversioning). Without it the package would be built
-// for SSE2 only (no -march=native, so a wheel runs on any x86-64), and the float -> double conversions of the
-// reductions would make the kernel compute-bound.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(LST_FAST_NO_MULTIVERSION)
-#define LST_FAST_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LST_FAST_ISA_CLONES
-#endif
-
 namespace lst_fast {
 namespace {
 
@@ -40,9 +30,11 @@ struct Dots {
   double grad_grad = 0.0;  // <grad, grad>
 };
 
+// The loops are vectorised for the baseline ISA (no -march=native, so a wheel runs on any x86-64). Measured
+// on an AVX-512 machine: builds for SSE2, AVX2 and -march=native run at the same speed, since the kernel is
+// bound by memory (or L2) bandwidth, not arithmetic, even with the float -> double conversions.
 template <typename scalar_t>
-inline __attribute__((always_inline)) Dots row_dots_impl(const scalar_t* x, const scalar_t* g,
-                                                         const scalar_t* t, int64_t begin, int64_t end) {
+Dots row_dots(const scalar_t* x, const scalar_t* g, const scalar_t* t, int64_t begin, int64_t end) {
   double gv = 0.0, gg = 0.0;
 #pragma omp simd reduction(+ : gv, gg)
   for (int64_t i = begin; i < end; ++i) {
@@ -56,10 +48,8 @@ inline __attribute__((always_inline)) Dots row_dots_impl(const scalar_t* x, cons
 // Elementwise part of the step for elements [begin, end) of one row. The arithmetic is done in scalar_t in
 // the same order as the PyTorch twin (v - grad * coef, then x + step * v_perp - delta, then clamp).
 template <typename scalar_t>
-inline __attribute__((always_inline)) void row_update_impl(const scalar_t* x, const scalar_t* g,
-                                                           const scalar_t* t, scalar_t* d, scalar_t* out,
-                                                           int64_t begin, int64_t end, scalar_t coef,
-                                                           scalar_t step, scalar_t half_a, scalar_t a) {
+void row_update(const scalar_t* x, const scalar_t* g, const scalar_t* t, scalar_t* d, scalar_t* out, int64_t begin,
+                int64_t end, scalar_t coef, scalar_t step, scalar_t half_a, scalar_t a) {
   if (d != nullptr) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
@@ -77,24 +67,6 @@ inline __attribute__((always_inline)) void row_update_impl(const scalar_t* x, co
       out[i] = std::min(std::max(c, scalar_t(0)), scalar_t(1));
     }
   }
-}
-
-// Non-template entry points, one per dtype, so that each can carry the ISA clones.
-LST_FAST_ISA_CLONES Dots row_dots(const float* x, const float* g, const float* t, int64_t begin, int64_t end) {
-  return row_dots_impl(x, g, t, begin, end);
-}
-LST_FAST_ISA_CLONES Dots row_dots(const double* x, const double* g, const double* t, int64_t begin,
-                                  int64_t end) {
-  return row_dots_impl(x, g, t, begin, end);
-}
-LST_FAST_ISA_CLONES void row_update(const float* x, const float* g, const float* t, float* d, float* out,
-                                    int64_t begin, int64_t end, float coef, float step, float half_a, float a) {
-  row_update_impl(x, g, t, d, out, begin, end, coef, step, half_a, a);
-}
-LST_FAST_ISA_CLONES void row_update(const double* x, const double* g, const double* t, double* d, double* out,
-                                    int64_t begin, int64_t end, double coef, double step, double half_a,
-                                    double a) {
-  row_update_impl(x, g, t, d, out, begin, end, coef, step, half_a, a);
 }
 
 inline double projection_coef(const Dots& d) { return d.grad_grad > 0.0 ? d.grad_v / d.grad_grad : 0.0; }
