@@ -17,7 +17,7 @@
 #   summary.txt    one line per step: name, exit code, seconds; the benchmark table at the end
 #   gpu_check.log  the full output of every step
 #   step_cuda.csv/.json/.png   bench/bench_step.py results (the plot only if matplotlib is importable)
-# Budget: under 8 minutes in all (the step limits below add up to 470 s; expected ~4 minutes on an H200).
+# Budget: under 8 minutes in all (the step limits below add up to 465 s; expected ~4 minutes on an H200).
 #
 # To add a step, write a function and call it at the bottom with `step NAME SECONDS FUNCTION`; a failing or
 # timed-out step is recorded in summary.txt and the script goes on with the next one.
@@ -90,10 +90,10 @@ step_bench() {
   "$PY" "$REPO/bench/bench_step.py" --device cuda --out "$OUT_DIR"
 }
 
-step info 20 info
+step info 15 info
 step deps 30 deps
-step build 150 build
-step tests 150 kernel_tests
-step bench 120 step_bench
+step build 120 build
+step tests 120 kernel_tests
+step bench 180 step_bench
 [ -f "$OUT_DIR/step_cuda.json" ] && "$PY" "$REPO/bench/bench_step.py" --plot-only "$OUT_DIR/step_cuda.json" >>"$SUMMARY" 2>&1
 echo "results in $OUT_DIR" | tee -a "$SUMMARY"

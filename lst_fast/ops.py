@@ -18,6 +18,7 @@ dispatcher (it costs tens of microseconds per call, as much as a small GPU step)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from typing import Callable, Optional
@@ -167,20 +168,55 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size
 
 def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, backend: str) -> None:
     """Run a checked step (``delta`` None: correction off) on ``backend``."""
+    _plan_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)(x, grad, tgt, delta, out)
+
+
+def _plan_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> Callable[..., None]:
+    """Check the memory layout of a step whose arguments are checked; return ``launch(x, grad, tgt, delta, out)``
+    that runs it, valid for any later call with tensors of the same addresses, shapes, strides and dtypes."""
     if x.numel() == 0:
-        return
+        return _nothing_to_do
     tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
     _check_no_overlap(tensors)
     if backend == "torch":
-        lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
-        return
+        return functools.partial(_twin_launch, step_size=step_size, adv_step_size=adv_step_size)
     _check_common_row_order(tensors, backend)
-    n_rows, row_len = x.shape[0], x.numel() // x.shape[0]
-    if x.is_cuda and x.device.index != torch.cuda.current_device():
-        with torch.cuda.device(x.device):
-            _kernel(backend)(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
-    else:
-        _kernel(backend)(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+    kernel, n_rows, row_len = _kernel(backend), x.shape[0], x.numel() // x.shape[0]
+
+    def launch(x, grad, tgt, delta, out):
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                kernel(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+        else:
+            kernel(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+
+    return launch
+
+
+def _nothing_to_do(*tensors) -> None:
+    return None
+
+
+def _twin_launch(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> None:
+    lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+
+
+# Steps planned before, by call signature. The fast loop calls lst_step_ with the same few buffers every
+# iteration; looking its plan up here skips the argument and layout checks (~20 us of Python per call, as much
+# as a whole step on a GPU at CIFAR size).
+_planned: dict[tuple, Callable[..., None]] = {}
+_MAX_PLANNED = 64
+
+
+def _call_signature(tensors, step_size, adv_step_size, backend) -> tuple | None:
+    """Everything the checks depend on, or None when an argument is not a tensor (the checks will say so)."""
+    try:
+        described = tuple(
+            None if t is None else (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, type(t)) for t in tensors
+        )
+    except AttributeError:
+        return None
+    return described + (step_size, type(step_size), adv_step_size, type(adv_step_size), backend)
 
 
 def _check_common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> None:
@@ -264,12 +300,24 @@ def lst_step_(
     ``delta=None`` or ``adv_step_size == 0`` means the adversarial correction is off (``delta`` untouched).
     ``backend`` None picks the fastest available one for x's device and dtype.
     """
-    step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
-    delta = None if adv_step_size == 0 else delta
     if torch.compiler.is_compiling():
+        step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        delta = None if adv_step_size == 0 else delta
         torch.ops.lst_fast.lst_step_(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
-    else:
-        _run_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        return
+    signature = _call_signature((x, grad, tgt, delta, out), step_size, adv_step_size, backend)
+    try:
+        launch = _planned.get(signature)
+    except TypeError:  # an unhashable setting: the checks below reject it
+        signature, launch = None, None
+    if launch is None:
+        step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        launch = _plan_step(x, grad, tgt, delta if adv_step_size > 0 else None, out, step_size, adv_step_size, backend)
+        if signature is not None:
+            if len(_planned) >= _MAX_PLANNED:
+                _planned.clear()
+            _planned[signature] = launch
+    launch(x, grad, tgt, delta if adv_step_size > 0 else None, out)
 
 
 def lst_step(

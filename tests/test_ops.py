@@ -132,6 +132,26 @@ def test_functional_form_without_delta(device, backend):
     assert torch.count_nonzero(new_delta) == 0
 
 
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_fast_loop_pattern_of_swapped_buffers(device, backend):
+    """As in lst_fast.fast: the same buffers every step, iterate and candidate swapping roles; the second
+    and later calls (whose checks are remembered) must compute with the buffers' current contents."""
+    x, grad, tgt, delta = make_inputs((3, 3, 8, 8), device=device)
+    exp_x, exp_delta = x.clone(), delta.clone()
+    cand = torch.empty_like(x)
+    for it in range(4):
+        grad.mul_(-1.0 if it % 2 else 0.5)  # a new gradient every step
+        ops.lst_step_(x, grad, tgt, delta, cand, step_size=STEP / 4, adv_step_size=ADV, backend=backend)
+        exp_x, exp_delta = expected_step(exp_x, grad, tgt, exp_delta, STEP / 4, ADV)
+        assert_close(cand, exp_x, 4 * tolerance(x.dtype))
+        assert_close(delta, exp_delta, tolerance(x.dtype))
+        x, cand = cand, x
+    with pytest.raises(ValueError, match="out must not overlap x"):  # same tensors, bad roles: checked again
+        ops.lst_step_(x, grad, tgt, delta, x, step_size=STEP, adv_step_size=ADV, backend=backend)
+    with pytest.raises(TypeError, match="step_size must be a real number"):
+        ops.lst_step_(x, grad, tgt, delta, cand, step_size=True, adv_step_size=ADV, backend=backend)
+
+
 def test_cpp_float64_matches_spec():
     if "cpp" not in ops.available_backends("cpu", torch.float64):
         pytest.skip("the C++ extension is not built")
