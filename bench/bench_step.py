@@ -12,6 +12,7 @@ slows them all alike. Writes ``step_<device>.csv``, ``.json`` and ``.png`` to ``
 
     python bench/bench_step.py                      # CPU, default batches
     python bench/bench_step.py --device cuda        # GPU (see bench/gpu_check.sh)
+    python bench/bench_step.py --clock thread       # CPU time of one thread (a machine shared with others)
     python bench/bench_step.py --plot-only bench/results/step_cuda.json
 """
 
@@ -55,13 +56,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+clock = CLOCKS["wall"]
+
+
 def seconds_per_call(fn, device: torch.device, calls: int) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
 def calls_per_round(fn, device: torch.device, round_seconds: float) -> int:
@@ -120,7 +125,13 @@ def bench_config(name, batch, device, dtype, memory_format, backends, compiled_c
 
 
 def run(args) -> dict:
+    global clock
     device = torch.device(args.device)
+    if args.clock == "thread":  # CPU time of this one thread: robust to other processes taking the cores
+        if device.type != "cpu":
+            raise SystemExit("--clock thread measures CPU work: use it with --device cpu")
+        torch.set_num_threads(1)
+    clock = CLOCKS[args.clock]
     dtype = getattr(torch, args.dtype)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     backends = [b for b in ops.available_backends(device, dtype) if not (device.type == "cpu" and b == "triton")]
@@ -142,7 +153,7 @@ def run(args) -> dict:
     return dict(
         device=str(device), device_name=device_name(device), dtype=args.dtype, load_average=os.getloadavg(),
         memory_format="channels_last" if args.channels_last else "contiguous",
-        threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
+        threads=torch.get_num_threads(), clock=args.clock, torch=torch.__version__, python=platform.python_version(),
         copy_gbps=copy_gbps, tensors_moved=TENSORS_MOVED, rounds=args.rounds, results=rows,
     )
 
@@ -158,7 +169,8 @@ def device_name(device: torch.device) -> str:
 
 def write_results(report: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"step_{report['device'].split(':')[0]}"
+    suffix = "_thread_time" if report["clock"] == "thread" else ""
+    stem = out / f"step_{report['device'].split(':')[0]}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     with stem.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(report["results"][0]))
@@ -189,7 +201,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_ylabel("effective GB/s (6 tensors moved)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"LST step on {report['device_name']} ({report['device']}, {report['dtype']}, "
-                 f"{report['threads']} threads)")
+                 f"{report['threads']} threads, {report.get('clock', 'wall')} clock)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -197,7 +209,8 @@ def plot(report: dict, path: Path) -> None:
 
 def summary(report: dict) -> str:
     lines = [f"copy_ bandwidth: {report['copy_gbps']:.1f} GB/s ({report['device_name']}, {report['threads']} threads, "
-             f"load average {report['load_average'][0]:.1f}); medians over {report['rounds']} interleaved rounds",
+             f"load average {report['load_average'][0]:.1f}, {report.get('clock', 'wall')} clock); medians over "
+             f"{report['rounds']} interleaved rounds",
              f"{'shape':9s} {'batch':>6s} {'impl':9s} {'ms':>9s} {'min ms':>9s} {'GB/s':>7s} {'x eager':>8s} "
              f"{'x compiled':>10s} {'of copy':>8s}"]
     for r in report["results"]:
@@ -214,6 +227,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes for every shape (default per device)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (median reported)")
     parser.add_argument("--round-seconds", type=float, default=0.02, help="minimum length of one timed round")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall: elapsed time with all threads (default); thread: CPU time of one thread, for "
+                             "machines shared with other work (CPU only; writes step_cpu_thread_time.*)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--plot-only", type=Path, help="redraw the plot of an earlier JSON report")
     args = parser.parse_args(argv)
