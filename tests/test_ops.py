@@ -239,6 +239,50 @@ def test_triton_split_plan(adv, channels_last):
     assert_close(delta, exp_delta, tolerance(x.dtype))
 
 
+TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _triton_signature(kernel, dtype: torch.dtype) -> dict[str, str]:
+    """Argument types as Triton's ahead-of-time compiler wants them: tensors of ``dtype`` (the partial sums
+    are float32), float scalars for the step sizes, int32 for sizes and strides."""
+    types = {}
+    for param in kernel.params:
+        if param.is_constexpr:
+            types[param.name] = "constexpr"
+        elif param.name == "part_ptr":
+            types[param.name] = "*fp32"
+        elif param.name.endswith("_ptr"):
+            types[param.name] = "*" + TRITON_TYPES[dtype]
+        else:
+            types[param.name] = "fp32" if param.name.endswith("step_size") else "i32"
+    return types
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernels_compile_for_gpus(arch):
+    """The Triton kernels compile to cubins for Ampere and Hopper without a GPU (the interpreter does not
+    check what the GPU compiler does), for every dtype and both launch plans."""
+    if triton_interpreting():
+        pytest.skip("the interpreter replaces the compiler")
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lst_fast.kernels import triton_step
+
+    cases = [
+        (triton_step._row_step, {"HAS_DELTA": True, "BLOCK": 16}, 1),
+        (triton_step._row_step, {"HAS_DELTA": False, "BLOCK": triton_step.MAX_ROW_BLOCK}, 16),
+        (triton_step._partial_dots, {"BLOCK": triton_step.SPLIT_BLOCK}, 8),
+        (triton_step._update, {"HAS_DELTA": True, "BLOCK": triton_step.SPLIT_BLOCK, "BLOCKS_P2": 64}, 8),
+    ]
+    for dtype in TRITON_TYPES:
+        for kernel, constexprs, warps in cases:
+            source = ASTSource(kernel, _triton_signature(kernel, dtype), constexprs=constexprs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            assert len(compiled.asm["cubin"]) > 0
+
+
 def test_interpreter_run():
     """Run this file's Triton cases on CPU under the Triton interpreter, in a fresh process."""
     if triton_interpreting():
