@@ -8,7 +8,8 @@ Everything is measured in one process, on the same model, batch and inputs, with
 - reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short),
   so set-up costs cancel.
 The fast path's "extra" is fast / floor_tuned - 1: the fraction of each iteration spent outside the
-model's forward+backward. Peak memory is measured per loop for a short run.
+model's forward+backward. Peak memory is measured per loop for a short run (above what was in use before;
+the fast path's includes building its tuned model copy).
 
     python bench/bench_traverse.py                       # offline EfficientNet-Lite0, batch 8, CPU
     python bench/bench_traverse.py --models embedded resnet50 --batch-sizes 1 8 32
@@ -19,16 +20,19 @@ The reference loop always runs in fp32 without graphs: it is the original's cost
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine_info, peak_memory_mb, write_results  # noqa: E402
+from common import cuda_peak_memory_mb, interleaved_medians, machine_info, rss_peak_of, write_results  # noqa: E402
 
 import lst_fast  # noqa: E402
-from lst_fast import data, models, reference  # noqa: E402
+from lst_fast import data, models, reference, tuning  # noqa: E402
 from lst_fast.traversal import input_grad_loss  # noqa: E402
 from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast  # noqa: E402
 
@@ -58,17 +62,55 @@ def floor_fn(model, normalizer, srcs, labels, layout, precision="fp32"):
     return forward_backward
 
 
-def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
+def setup(name, batch, device):
     model, normalizer = load(name, device)
     srcs, tgts = make_batch(batch, device)
     with torch.no_grad():
         labels = model(normalizer(srcs)).argmax(1)
+    return model, normalizer, srcs, tgts, labels
+
+
+def run_loop(which: str, model, normalizer, srcs, tgts, labels, iters: int, **options):
+    traverse = reference.traverse_batch if which == "reference" else lst_fast.traverse_batch
+    return traverse(model, srcs, tgts, labels, iters=iters, normalizer=normalizer, **options)
+
+
+def peak_memory_mb(which: str, name, batch, precision, cuda_graphs, device, setup_args) -> float:
+    """Peak memory of a 2-iteration run of one loop, above the memory in use after set-up, in MiB.
+
+    CUDA: the caching allocator's peak in this process. CPU: the peak resident set of a fresh process,
+    reset after set-up (/proc/self/clear_refs), with glibc's dynamic mmap threshold pinned so that freed
+    tensors go back to the OS and the resident set tracks live memory.
+    """
+    options = dict(precision=precision, cuda_graphs=cuda_graphs) if which == "fast" else {}
+    if device.type == "cuda":
+        tuning.clear_cache()  # the fast path's peak includes building its tuned model copy
+        return cuda_peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device)
+    command = [sys.executable, __file__, "--peak-of", which, "--models", name, "--batch-sizes", str(batch),
+               "--precisions", precision, "--device", str(device)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def print_peak_rss(which: str, args) -> None:
+    """Child process of peak_memory_mb: set up, reset the peak, run one loop, print its peak in MiB."""
+    device = torch.device(args.device)
+    setup_args = setup(args.models[0], args.batch_sizes[0], device)
+    options = dict(precision=args.precisions[0]) if which == "fast" else {}
+    gc.collect()
+    print(rss_peak_of(lambda: run_loop(which, *setup_args, iters=2, **options)))
+
+
+def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
+    setup_args = setup(name, batch, device)
+    model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
     fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
 
-    def loop(traverse, iters, **options):
-        return lambda: traverse(model, srcs, tgts, labels, iters=iters, normalizer=normalizer, **options)
+    def loop(which, iters, **options):
+        return lambda: run_loop(which, *setup_args, iters=iters, **options)
 
     fns = {
         "floor_contiguous": floor_fn(model, normalizer, srcs, labels, torch.contiguous_format),
@@ -76,10 +118,10 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
             model.to(memory_format=torch.channels_last), normalizer, srcs, labels, torch.channels_last
         ),
         "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout, precision),
-        "reference_short": loop(reference.traverse_batch, args.short),
-        "reference_long": loop(reference.traverse_batch, args.long),
-        "fast_short": loop(lst_fast.traverse_batch, args.short, **fast_options),
-        "fast_long": loop(lst_fast.traverse_batch, args.long, **fast_options),
+        "reference_short": loop("reference", args.short),
+        "reference_long": loop("reference", args.long),
+        "fast_short": loop("fast", args.short, **fast_options),
+        "fast_long": loop("fast", args.long, **fast_options),
     }
     model.to(memory_format=torch.contiguous_format)  # the loops must see the caller's usual model
     t = interleaved_medians(fns, device, args.repeats)
@@ -97,9 +139,10 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "reference_over_floor": round(ms["reference"] / ms["floor_contiguous"], 3),
         "fast_over_best_floor": round(ms["fast"] / best_floor, 3),
         "fast_extra_over_tuned_floor": round(ms["fast"] / ms["floor_tuned"] - 1, 3),
-        "reference_peak_mb": round(peak_memory_mb(loop(reference.traverse_batch, 2), device), 1),
-        "fast_peak_mb": round(peak_memory_mb(loop(lst_fast.traverse_batch, 2, **fast_options), device), 1),
     }
+    for which in ("reference", "fast"):
+        peak = peak_memory_mb(which, name, batch, precision, cuda_graphs, device, setup_args)
+        row[f"{which}_peak_mb"] = round(peak, 1)
     row["memory_ratio"] = round(row["fast_peak_mb"] / max(row["reference_peak_mb"], 1e-9), 3)
     return row
 
@@ -138,7 +181,10 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=5, help="iterations of the long run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--tag", default="", help="suffix for the result files")
+    parser.add_argument("--peak-of", choices=["reference", "fast"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_of:
+        return print_peak_rss(args.peak_of, args)
     device = torch.device(args.device)
     rows = []
     graph_options = [False, True] if args.cuda_graphs else [False]
