@@ -57,6 +57,12 @@ class TunedModelCache:
 _cache = TunedModelCache()
 
 
+def clear_cache() -> None:
+    """Forget every tuned model copy (frees their memory; the next call rebuilds them)."""
+    global _cache
+    _cache = TunedModelCache()
+
+
 def tuned_model(
     model: nn.Module,
     examples: torch.Tensor,
