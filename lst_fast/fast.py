@@ -9,14 +9,14 @@ rejected rows, and never runs the reference's second forward. The step itself is
 
 from __future__ import annotations
 
-import copy
-import warnings
+import functools
 
 import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.fusion import FoldedModelCache, fold_batchnorm
+from lst_fast.graphs import run_static
+from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast
 from lst_fast.traversal import (
     PathRecorder,
     TraversalResult,
@@ -26,9 +26,8 @@ from lst_fast.traversal import (
     make_forward,
     model_guard,
     prepare,
+    probabilities,
 )
-
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def traverse_batch(
@@ -52,6 +51,8 @@ def traverse_batch(
     progress: bool = False,
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
+    precision: str = "fp32",
+    cuda_graphs: bool = False,
     backend: str | None = None,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
@@ -77,6 +78,9 @@ def traverse_batch(
         fold_batchnorm: fold eval-mode batch norms into the convolutions before them (faster; changes
             results only by float rounding). Memory format and folding are applied to a private copy of the
             model, cached until its weights change; the caller's model is never modified.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` to run the model under autocast (the step and
+            the images stay in the images' dtype; accept/reject uses the autocast confidences).
+        cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
     """
     settings = check_settings(
@@ -84,14 +88,23 @@ def traverse_batch(
         init_noise=init_noise, log_every=log_every, record=record,
         width_distances=width_distances, width_num_vecs=width_num_vecs,
     )
-    layout = resolve_memory_format(memory_format, model)
-    if not isinstance(fold_batchnorm, bool):
-        raise TypeError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
+    for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
+        raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
+        layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        forward = _tuned_forward(model, normalizer, problem, layout, fold_batchnorm)
-        x, final_conf, accepted, recorder = _run(problem, forward, settings, layout, step_backend, progress)
+        autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
+        if len(problem.labels) == 0:  # no valid rows: nothing to traverse
+            x, final_conf, accepted, recorder = problem.x0, problem.init_conf, problem.labels * 0, PathRecorder(settings)
+        else:
+            runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
+            forward = with_autocast(make_forward(runner, normalizer), autocast)
+            run = functools.partial(run_static, capture=True) if cuda_graphs else _run
+            x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
 
@@ -99,8 +112,6 @@ def _run(problem, forward, settings, layout, backend, progress):
     y, p0 = problem.labels, problem.init_conf
     recorder = PathRecorder(settings)
     accepted = torch.zeros_like(y)
-    if len(y) == 0:  # no valid rows: nothing to traverse
-        return problem.x0, p0, accepted, recorder
 
     # Buffers for the whole run: the iterate, the candidate (they swap roles), the target and the correction.
     x = problem.x0.contiguous(memory_format=layout)
@@ -138,14 +149,14 @@ def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool
     """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as x)."""
     if not need_grad:
         with torch.no_grad():
-            return forward(x).softmax(1), None
+            return probabilities(forward(x)), None
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x_in)
         (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
         grad = grad.contiguous(memory_format=_layout_of(x))
-    return logits.detach().softmax(1), grad
+    return probabilities(logits), grad
 
 
 def _layout_of(x: torch.Tensor) -> torch.memory_format:
@@ -161,61 +172,3 @@ def _check_backend(backend: str | None, x: torch.Tensor) -> str:
     if backend not in available:
         raise ValueError(f"backend must be one of {available} for {x.dtype} on {x.device}, got {backend!r}")
     return backend
-
-
-def resolve_memory_format(memory_format: str, model: torch.nn.Module) -> torch.memory_format:
-    """``"auto"`` picks channels_last for convolutional networks (measured ~1.6x faster on CPU for the offline
-    EfficientNet) and contiguous for models with at most one convolution (ViTs: only the patch embedding)."""
-    if memory_format == "auto":
-        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-        return torch.channels_last if convs >= 2 else torch.contiguous_format
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format must be 'auto' or one of {list(MEMORY_FORMATS)}, got {memory_format!r}")
-    return MEMORY_FORMATS[memory_format]
-
-
-_tuned_models = FoldedModelCache()
-
-
-def _tuned_forward(model, normalizer, problem, layout, fold: bool):
-    """The forward the loop runs (see :func:`tuned_forward`), probed on the start points."""
-    if len(problem.labels) == 0:
-        return problem.forward
-    return tuned_forward(model, normalizer, problem.x0, layout, fold)
-
-
-def tuned_forward(model, normalizer, probe: torch.Tensor, layout: torch.memory_format, fold: bool):
-    """The caller's model, or a private copy in ``layout`` with batch norms folded, as a forward on [0, 1] images.
-
-    The copy is cached until the model's weights change, and checked against the original on the first few
-    ``probe`` images; if they disagree beyond float rounding the original model is used (with a warning).
-    Call it with the model in eval mode (inside :func:`lst_fast.traversal.model_guard`).
-    """
-    if layout == torch.contiguous_format and not fold:
-        return make_forward(model, normalizer)
-    key = (layout, fold, probe.dtype, probe.device)
-    tuned = _tuned_models.get(model, key)
-    if tuned is None:
-        tuned = _tuned_copy(model, normalizer, probe, layout, fold)
-        _tuned_models.put(model, key, tuned)
-    return make_forward(tuned, normalizer)
-
-
-def _tuned_copy(model, normalizer, probe, layout, fold: bool) -> torch.nn.Module:
-    probe = probe[:4]
-    example = probe[:1] if normalizer is None else normalizer(probe[:1])
-    tuned = fold_batchnorm(model, example)[0] if fold else copy.deepcopy(model)
-    tuned = tuned.to(memory_format=layout).eval().requires_grad_(False)
-    with torch.no_grad():
-        expected = make_forward(model, normalizer)(probe).softmax(1)
-        got = make_forward(tuned, normalizer)(probe.contiguous(memory_format=layout)).softmax(1)
-    tolerance = 1e3 * torch.finfo(probe.dtype).eps
-    if (got - expected).abs().max().item() > tolerance:
-        warnings.warn(
-            "lst_fast: the batch-norm-folded copy of this model disagrees with the original "
-            f"(max probability difference > {tolerance:.1e}); running the original model instead",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return model
-    return tuned

@@ -11,7 +11,7 @@ The original evaluates one triangle or one sample at a time. Here every model ev
 chunked evaluator: the points of many pairs, triangles or samples are packed into model batches of
 ``batch_size`` points, each point built only when its batch runs (memory is bounded by the batch, not by the
 number of points), on the batch-norm-folded channels_last copy of the model that the fast loop runs
-(:func:`lst_fast.fast.tuned_forward`). Grid points that several triangles share (their source, and the edge
+(:func:`lst_fast.tuning.tuned_model`). Grid points that several triangles share (their source, and the edge
 towards an output used in several triangles) are evaluated once.
 """
 
@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from lst_fast import ops
-from lst_fast.fast import resolve_memory_format, tuned_forward
+from lst_fast.fast import _layout_of
+from lst_fast.tuning import resolve_memory_format, tuned_model
 from lst_fast.traversal import (
     Problem,
     Settings,
@@ -34,9 +35,9 @@ from lst_fast.traversal import (
     check_labels,
     check_width_settings,
     checked_logits,
-    class_conf,
     make_forward,
     model_guard,
+    probabilities,
 )
 
 DEFAULT_BATCH_SIZE = 128  # points per model call (about 1.5 GB of activations for a 224x224 EfficientNet)
@@ -52,11 +53,13 @@ WIDTH_QUANTILES = (0.05, 0.95)
 
 class _Confidences:
     """``p(points)[labels]`` for a stream of ``(points, labels)`` blocks, run through the model in batches of
-    ``batch_size`` points that may span several blocks. Returns one (M,) tensor per block, in order."""
+    ``batch_size`` points that may span several blocks, passed in ``layout``. Returns one (M,) tensor per
+    block, in order."""
 
-    def __init__(self, forward, batch_size: int):
+    def __init__(self, forward, batch_size: int, layout: torch.memory_format = torch.contiguous_format):
         self.forward = forward
         self.batch_size = batch_size
+        self.layout = layout
 
     def __call__(self, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         results, queue, queued = [], [], 0
@@ -84,10 +87,12 @@ class _Confidences:
                 queue[0] = (points[k:], labels[k:], out[k:])
             taken += k
         points = torch.cat([p for p, _, _ in pieces]) if len(pieces) > 1 else pieces[0][0]
+        points = points.contiguous(memory_format=self.layout)
         labels = torch.cat([y for _, y, _ in pieces]) if len(pieces) > 1 else pieces[0][1]
         with torch.no_grad():
             logits = checked_logits(self.forward, points)
-            conf = class_conf(logits, _in_range("labels", labels, logits.shape[1]))
+            labels = _in_range("labels", labels, logits.shape[1])
+            conf = probabilities(logits).gather(1, labels.unsqueeze(1)).squeeze(1)
         for piece, values in zip(pieces, conf.split([len(p) for p, _, _ in pieces])):
             piece[2].copy_(values)
         return taken
@@ -102,7 +107,8 @@ def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Ite
     batch_size = _check_batch_size(batch_size)
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
-        yield _Confidences(tuned_forward(model, normalizer, probe, layout, fold), batch_size)
+        runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
+        yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
 
 
 def _check_batch_size(batch_size) -> int:
@@ -483,6 +489,6 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     return _path_width(
-        _Confidences(forward, DEFAULT_BATCH_SIZE), x, direction, problem.labels,
+        _Confidences(forward, DEFAULT_BATCH_SIZE, _layout_of(x)), x, direction, problem.labels,
         settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
     )

@@ -435,11 +435,10 @@ def test_bad_input_is_rejected():
 
 
 @pytest.fixture(scope="module")
-def efficientnet():
-    from lst_fast import data, models
-
-    model, normalizer = models.load_embedded()
-    photos, _ = data.load_embedded_photos(("chelsea", "coffee", "rocket"))
+def efficientnet(embedded_model, photos):
+    """The offline model (conftest) with chelsea, coffee and rocket and its predicted labels."""
+    model, normalizer = embedded_model
+    photos = photos[:3]
     with torch.no_grad():
         labels = model(normalizer(photos)).argmax(1)
     return model, normalizer, photos, labels
