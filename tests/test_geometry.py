@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lst_fast import fast, geometry, reference
+from lst_fast import fast, geometry, graphs, reference, traversal
 
 FRACTIONS = ("frac_0.0", "frac_0.1", "frac_0.2", "frac_0.3")
 
@@ -346,6 +346,30 @@ def test_recorded_widths_follow_the_documented_protocol():
         model, srcs, tgts, record=("widths",), generator=torch.Generator().manual_seed(5), **settings
     )
     torch.testing.assert_close(got.path_widths, ref.path_widths, atol=1e-5, rtol=0)
+
+
+def test_static_loop_records_the_same_widths():
+    """The CUDA-graph loop's iteration, run eagerly on CPU (capture=False), records widths like the others."""
+    model = confident_convnet()
+    srcs, tgts = rand_images(3, seed=11), rand_images(3, seed=12)
+    widths = dict(width_distances=(0.25, 1.0), width_num_vecs=8)
+    ref = reference.traverse_batch(
+        model, srcs, tgts, iters=4, log_every=2, pthresh=0.3, record="widths",
+        generator=torch.Generator().manual_seed(5), **widths,
+    )
+    settings = traversal.check_settings(
+        step_size=1e-2, iters=4, pthresh=0.3, adv_step_size=2e-3, init_noise=4 / 255, log_every=2,
+        record=("widths",), **widths,
+    )
+    with traversal.model_guard(model):
+        problem = traversal.prepare(
+            model, srcs, tgts, None, None, None, settings, torch.Generator().manual_seed(5)
+        )
+        state = graphs.run_static(
+            problem, problem.forward, settings, torch.channels_last, "torch", progress=False, capture=False
+        )
+    static = traversal.build_result(problem, settings, *state)
+    torch.testing.assert_close(static.path_widths, ref.path_widths, atol=1e-5, rtol=0)
 
 
 def test_recorded_widths_of_invalid_rows_are_nan():
