@@ -3,19 +3,19 @@
 Offline EfficientNet-Lite0 on the bundled photos, 224x224, CPU, same model and process:
 
 - triangle statistics for T triangles (default 20): the baseline makes one model call per triangle of 66
-  points; the batched version packs all points into model batches (evaluating shared points once) on the
-  batch-norm-folded channels_last model copy. The triangles come from real (short) LST runs laid out as in
-  the sweep: 2 sources with 5 outputs each, a triangle for every pair of a source's outputs, so sources and
-  edges are shared. A second layout, "distinct", gives every triangle its own vertices (tiny per-triangle
-  perturbations) so that nothing is shared.
+  points; the batched version packs all points into model batches of the device's default size (4 on CPU),
+  evaluating shared points once, on the batch-norm-folded channels_last model copy. The triangles come
+  from real (short) LST runs laid out as in the sweep: 2 sources with 5 outputs each, a triangle for every
+  pair of a source's outputs, so sources and edges are shared. A second layout, "distinct", gives every
+  triangle its own vertices (tiny per-triangle perturbations) so that nothing is shared.
 - path widths for B samples (default 8) at LST outputs, direction v_perp: the baseline makes one model call
   per sample and radius (256 points); the batched version runs all points of all samples and radii in
-  model batches. Both use the same generator protocol (one randn((256, C, H, W)) per sample), so their
-  numbers are compared too. pthresh = 0 so that every sample is measured by both.
+  model batches of the default size. Both use the same generator protocol (one randn((256, C, H, W)) per
+  sample), so their numbers are compared too. pthresh = 0 so that every sample is measured by both.
 
-Medians over repeats, interleaved; the ratio baseline / batched is the speed-up. Also measured (sweep layout):
-the batched path on the plain model (memory_format="contiguous", fold_batchnorm=False), to separate the gain
-from batching/sharing from the gain from the tuned model copy.
+Medians over repeats, interleaved; the ratio baseline / batched is the speed-up. Also measured (sweep layout
+and path widths): the batched path on the plain model (memory_format="contiguous", fold_batchnorm=False), to
+separate the gain of chunking/sharing from the gain of the tuned model copy.
 
 Usage: python bench/bench_geometry.py [--triangles 20] [--samples 8] [--num-vecs 256] [--repeats 3]
        [--width-repeats 1] [--no-figures] [--out bench/results]
@@ -191,6 +191,7 @@ def main() -> None:
         "model": "EfficientNet-Lite0 (offline), 224x224, fp32",
         "triangles": len(srcs), "points_per_triangle": len(geometry.triangle_grid(N_GRID)),
         "samples": args.samples, "num_vecs": args.num_vecs, "distances": DISTANCES,
+        "batched_batch_size": geometry.default_batch_size(photos.device),
     }
 
     # Triangles, sweep layout (shared sources and edges) and distinct vertices.
@@ -232,11 +233,15 @@ def main() -> None:
         "batched": lambda: geometry.path_width(
             model, x, directions, y, normalizer=normalizer, num_vecs=args.num_vecs, pthresh=0.0,
             generator=torch.Generator().manual_seed(0)),
+        "batched_plain_model": lambda: geometry.path_width(
+            plain, x, directions, y, num_vecs=args.num_vecs, pthresh=0.0, generator=torch.Generator().manual_seed(0),
+            memory_format="contiguous", fold_batchnorm=False),
     }, args.width_repeats)
     medians = runs["median_s"]
     report["path_widths"] = {
         "median_s": medians, "all_s": runs["all_s"],
         "speedup": medians["one_at_a_time"] / medians["batched"],
+        "speedup_plain_model": medians["one_at_a_time"] / medians["batched_plain_model"],
         "max_abs_difference": float((runs["values"]["batched"] - runs["values"]["one_at_a_time"]).abs().max()),
     }
     print(f"  speed-up {report['path_widths']['speedup']:.2f}x", flush=True)

@@ -7,11 +7,13 @@
   direction (spec section 4); also recorded along a traversal with ``record=("widths",)``.
 - :func:`mean_std`, :func:`mean_std_table`: mean ± std columns for the tables.
 
-The original evaluates one triangle or one sample at a time. Here every model evaluation goes through one
-chunked evaluator: the points of many pairs, triangles or samples are packed into model batches of
-``batch_size`` points, each point built only when its batch runs (memory is bounded by the batch, not by the
-number of points), on the batch-norm-folded channels_last copy of the model that the fast loop runs
-(:func:`lst_fast.tuning.tuned_model`). Grid points that several triangles share (their source, and the edge
+The original evaluates one triangle (66 points) or one radius of one sample (256 points) per model call.
+Here every model evaluation goes through one chunked evaluator: the points of many pairs, triangles or
+samples are packed into model batches of ``batch_size`` points regardless of which row they belong to, each
+point built only when its batch runs (memory is bounded by the batch, not by the number of points), on the
+batch-norm-folded channels_last copy of the model that the fast loop runs (:func:`lst_fast.tuning.tuned_model`).
+The batch size is chosen for the device (:func:`default_batch_size`: small on CPU, where large batches are
+slower per image, large on GPUs). Grid points that several triangles share (their source, and the edge
 towards an output used in several triangles) are evaluated once.
 """
 
@@ -40,7 +42,11 @@ from lst_fast.traversal import (
     probabilities,
 )
 
-DEFAULT_BATCH_SIZE = 128  # points per model call (about 1.5 GB of activations for a 224x224 EfficientNet)
+# Points per model call when batch_size is None. On CPU a few: measured on 2 cores, EfficientNet-Lite0 at
+# 224x224 takes 13-15 ms per image in calls of 4-6 images but 24-63 ms in calls of 32-96 (large fresh
+# activations page-fault and fall out of the caches). GPUs want large batches.
+DEFAULT_BATCH_SIZES = {"cpu": 4}
+DEFAULT_BATCH_SIZE = 128
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
 # The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
 TABLE2_COLUMNS = ("p_src", "mean", *(f"frac_{d}" for d in FRACTION_DELTAS), "edge_mean")
@@ -104,16 +110,21 @@ def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Ite
     make_forward(model, normalizer)  # checks the normalizer
     if not isinstance(fold, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
-    batch_size = _check_batch_size(batch_size)
+    batch_size = _check_batch_size(batch_size, probe.device)
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
         runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
         yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
 
 
-def _check_batch_size(batch_size) -> int:
+def default_batch_size(device: torch.device) -> int:
+    """Points per model call when ``batch_size`` is None: 4 on CPU, 128 elsewhere (see DEFAULT_BATCH_SIZES)."""
+    return DEFAULT_BATCH_SIZES.get(torch.device(device).type, DEFAULT_BATCH_SIZE)
+
+
+def _check_batch_size(batch_size, device: torch.device) -> int:
     if batch_size is None:
-        return DEFAULT_BATCH_SIZE
+        return default_batch_size(device)
     return _check_number("batch_size", batch_size, minimum=1, integer=True)
 
 
@@ -220,8 +231,9 @@ def interpolation_conf(
     """Source-class confidence ``p((1-t) src + t out)[y]`` at t = 0, 1/n, ..., 1 for each pair: (P, n+1).
 
     ``srcs``, ``outs``: (P, C, H, W) images in [0, 1]; ``labels``: (P,) source classes y.
-    ``batch_size`` bounds the points per model call (default 128); ``memory_format`` and ``fold_batchnorm``
-    choose the model copy as in :func:`lst_fast.traverse_batch` (results change only by float rounding).
+    ``batch_size`` bounds the points per model call (default :func:`default_batch_size`); ``memory_format``
+    and ``fold_batchnorm`` choose the model copy as in :func:`lst_fast.traverse_batch` (results change only by
+    float rounding).
     """
     weights = segment_grid(n)
     srcs, (outs,), labels = _check_pair_inputs(srcs, {"outs": outs}, labels)
@@ -244,7 +256,7 @@ def triangle_confidences(
 ) -> torch.Tensor:
     """Source-class confidence at the :func:`triangle_grid` points of each triangle (src, out_a, out_b): (T, G).
 
-    All grid points of all triangles are evaluated in model batches of ``batch_size`` points (default 128);
+    All grid points of all triangles are evaluated in model batches of ``batch_size`` points;
     points shared by several triangles are evaluated once.
     """
     weights = triangle_grid(n)
@@ -468,7 +480,8 @@ def path_width(
     Random numbers: one ``randn((num_vecs, C, H, W))`` draw from ``generator`` (the global RNG if None) per
     sample, in row order, for every sample (also those that report zeros), the same vectors for all radii.
     So a batch gives the same numbers as its rows one at a time with the same generator.
-    All points of all samples and radii run in model batches of ``batch_size`` points (default 128).
+    All points of all samples and radii run in model batches of ``batch_size`` points (default
+    :func:`default_batch_size`).
     """
     x = check_images("x", x)
     directions = _check_directions(directions, x)
@@ -489,6 +502,6 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     return _path_width(
-        _Confidences(forward, DEFAULT_BATCH_SIZE, _layout_of(x)), x, direction, problem.labels,
+        _Confidences(forward, default_batch_size(x.device), _layout_of(x)), x, direction, problem.labels,
         settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
     )

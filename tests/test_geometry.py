@@ -206,6 +206,11 @@ def test_aggregate_and_table_of_real_triangles():
         geometry.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
 
 
+def test_default_batch_size_depends_on_the_device():
+    assert geometry.default_batch_size(torch.device("cpu")) == 4
+    assert geometry.default_batch_size("cuda") == geometry.DEFAULT_BATCH_SIZE == 128
+
+
 def test_mean_std_by_hand():
     summary = geometry.mean_std({"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": [2.0, 2.0]})
     assert summary["a"] == pytest.approx((2.5, 1.25**0.5))
