@@ -48,7 +48,7 @@ def run_demo(
         generator=torch.Generator(device).manual_seed(seed), log_every=max(1, iters // 20), record=("conf",),
     )
     seconds = time.perf_counter() - start
-    dist = metrics.distances(result.images, tgts)
+    dist = metrics.distances(result.images, tgts, which=metrics.available_distances())  # LPIPS if its weights are here
     rows = []
     for k, (i, j) in enumerate(zip(src_idx.tolist(), tgt_idx.tolist())):
         file = out_dir / "images" / f"{names[i]}_to_{names[j]}.png"

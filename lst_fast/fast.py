@@ -45,6 +45,8 @@ def traverse_batch(
     init_noise: float = 4 / 255,
     log_every: int = 0,
     record=(),
+    width_distances=(0.5, 1, 1.5, 2),
+    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
     memory_format: str = "auto",
@@ -64,9 +66,12 @@ def traverse_batch(
         normalizer: callable applied to images before the model (e.g. :class:`lst_fast.models.Normalize`).
         step_size, iters, pthresh, adv_step_size, init_noise: the spec's settings; ``adv_step_size`` None or
             0 turns the adversarial correction off.
-        log_every, record: record ``"conf"`` (source/target confidence) and/or ``"images"`` every
-            ``log_every`` iterations, at the iterate before the step.
-        generator: torch.Generator for the start-point noise (the global RNG if None).
+        log_every, record: record ``"conf"`` (source/target confidence), ``"images"`` and/or ``"widths"``
+            every ``log_every`` iterations, at the iterate before the step.
+        width_distances, width_num_vecs: radii and number of random directions of the recorded path widths
+            (:func:`lst_fast.geometry.path_width` at the iterate, direction v_perp, threshold ``pthresh``).
+        generator: torch.Generator for the start-point noise and then the path widths' random directions
+            (the global RNG if None).
         progress: show a tqdm progress bar.
         memory_format: ``"auto"`` (channels_last for convolutional models, where it is faster),
             ``"contiguous"`` or ``"channels_last"``.
@@ -81,6 +86,7 @@ def traverse_batch(
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
+        width_distances=width_distances, width_num_vecs=width_num_vecs,
     )
     for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
         if not isinstance(flag, bool):
@@ -116,7 +122,7 @@ def _run(problem, forward, settings, layout, backend, progress):
     probs, grad = _evaluate(forward, x, y, need_grad=settings.iters > 0)
     for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
         if recorder.due(it):
-            recorder.add(it, x, probs, problem)
+            recorder.add(it, x, probs, problem, forward=forward, grad=grad)
         ops.lst_step_(
             x, grad, tgt, delta, cand,
             step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,

@@ -66,7 +66,7 @@ def run_static(problem, forward, settings, layout, backend, progress: bool, capt
     side_stream = torch.cuda.Stream() if capture else None
     for it in tqdm(range(settings.iters), disable=not progress, desc="LST (graph)" if capture else "LST"):
         if recorder.due(it):
-            recorder.add(it, state.x, state.probs, problem)
+            recorder.add(it, state.x, state.probs, problem, forward=forward, grad=state.grad)
         if not capture:
             state.step()
         elif it < WARMUP_ITERS:

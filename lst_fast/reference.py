@@ -36,6 +36,8 @@ def traverse_batch(
     init_noise: float = 4 / 255,
     log_every: int = 0,
     record=(),
+    width_distances=(0.5, 1, 1.5, 2),
+    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> TraversalResult:
@@ -46,6 +48,7 @@ def traverse_batch(
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
+        width_distances=width_distances, width_num_vecs=width_num_vecs,
     )
     with model_guard(model):
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
@@ -61,7 +64,7 @@ def traverse_batch(
             logits = forward(x_in)
             (grad,) = torch.autograd.grad(input_grad_loss(logits, y), x_in)
             if recorder.due(it):
-                recorder.add(it, x, logits.detach().softmax(1), problem)
+                recorder.add(it, x, logits.detach().softmax(1), problem, forward=forward, grad=grad)
             # 2-3. orthogonal component of (tgt - x) w.r.t. the gradient
             v = tgt - x
             grad_v = (grad * v).flatten(1).sum(1)

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-RECORDABLE = ("conf", "images")
+RECORDABLE = ("conf", "images", "widths")
 VALUE_TOLERANCE = 1e-6  # images may leave [0, 1] by this much (rounding in preprocessing) and are clamped
 
 
@@ -43,6 +43,7 @@ class TraversalResult:
     path_conf: torch.Tensor | None = None  # (B, L) source-class confidence along the path
     path_target_conf: torch.Tensor | None = None  # (B, L) target-class confidence along the path
     path_images: torch.Tensor | None = None  # (B, L, C, H, W)
+    path_widths: torch.Tensor | None = None  # (B, L, len(width_distances) + 1, 2), see lst_fast.geometry.path_width
 
     def to(self, device: torch.device | str) -> "TraversalResult":
         """A copy with every tensor moved to ``device``."""
@@ -65,6 +66,8 @@ class Settings:
     init_noise: float
     log_every: int
     record: tuple[str, ...]
+    width_distances: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # radii of the recorded path widths
+    width_num_vecs: int = 256  # random directions per recorded path width
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Problem:
     labels: torch.Tensor
     target_labels: torch.Tensor | None
     init_conf: torch.Tensor
+    generator: torch.Generator | None = None  # start-point noise, then the path widths' random directions
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,6 +157,8 @@ def check_settings(
     init_noise,
     log_every,
     record,
+    width_distances=(0.5, 1, 1.5, 2),
+    width_num_vecs=256,
 ) -> Settings:
     if isinstance(record, str):
         record = (record,)
@@ -164,6 +170,9 @@ def check_settings(
     if record and log_every == 0:
         raise ValueError(f"record={record} needs log_every > 0 (how often to record along the path)")
     adv = _check_number("adv_step_size", adv_step_size, minimum=0, allow_none=True)
+    width_distances, width_num_vecs = check_width_settings(
+        width_distances, width_num_vecs, names=("width_distances", "width_num_vecs")
+    )
     return Settings(
         step_size=_check_number("step_size", step_size, minimum=0, strict=True),
         iters=_check_number("iters", iters, minimum=0, integer=True),
@@ -172,7 +181,19 @@ def check_settings(
         init_noise=_check_number("init_noise", init_noise, minimum=0),
         log_every=log_every,
         record=record,
+        width_distances=width_distances,
+        width_num_vecs=width_num_vecs,
     )
+
+
+def check_width_settings(distances, num_vecs, *, names=("distances", "num_vecs")) -> tuple[tuple[float, ...], int]:
+    """Path-width radii (a non-empty sequence of reals > 0) and the number of random directions (an int >= 2)."""
+    if isinstance(distances, (str, bytes)) or not isinstance(distances, Sequence):
+        raise TypeError(f"{names[0]} must be a sequence of radii > 0, got {distances!r}")
+    if not distances:
+        raise ValueError(f"{names[0]} must name at least one radius")
+    radii = tuple(_check_number(f"{names[0]}[{i}]", r, minimum=0, strict=True) for i, r in enumerate(distances))
+    return radii, _check_number(names[1], num_vecs, minimum=2, integer=True)
 
 
 def check_generator(generator, device: torch.device) -> torch.Generator | None:
@@ -295,6 +316,7 @@ def prepare(
         labels=labels[valid],
         target_labels=None if target_labels is None else target_labels[valid],
         init_conf=init_conf[valid],
+        generator=generator,
     )
 
 
@@ -320,12 +342,16 @@ class PathRecorder:
         self.conf: list[torch.Tensor] = []
         self.target_conf: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
+        self.widths: list[torch.Tensor] = []
 
     def due(self, iteration: int) -> bool:
         return bool(self.settings.record) and iteration % self.settings.log_every == 0
 
-    def add(self, iteration: int, x: torch.Tensor, probs: torch.Tensor, problem: Problem) -> None:
-        """Record the iterate ``x`` with its softmax ``probs``."""
+    def add(
+        self, iteration: int, x: torch.Tensor, probs: torch.Tensor, problem: Problem, *, forward=None, grad=None
+    ) -> None:
+        """Record the iterate ``x`` with its softmax ``probs``; path widths also need the loop's ``forward`` and
+        the gradient ``grad`` at ``x`` (for this iteration's v_perp)."""
         self.iters.append(iteration)
         record = self.settings.record
         if "conf" in record:
@@ -333,6 +359,10 @@ class PathRecorder:
             self.target_conf.append(probs.gather(1, problem.target_labels.unsqueeze(1)).squeeze(1))
         if "images" in record:
             self.images.append(x.detach().contiguous().clone())
+        if "widths" in record:
+            from lst_fast.geometry import widths_along_path  # geometry imports this module
+
+            self.widths.append(widths_along_path(forward, x, grad, problem, self.settings))
 
 
 def _scatter(valid: torch.Tensor, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -371,4 +401,6 @@ def build_result(problem: Problem, settings: Settings, x, final_conf, accepted, 
             result.path_target_conf = _scatter_path(valid, recorder.target_conf, float("nan"))
         if recorder.images:
             result.path_images = _scatter_path(valid, recorder.images, 0.0, fill_rows=problem.srcs_all)
+        if recorder.widths:
+            result.path_widths = _scatter_path(valid, recorder.widths, float("nan"))
     return result

@@ -1,0 +1,507 @@
+"""Measurements around LST outputs (spec sections 4-5), batched over many pairs, triangles and samples.
+
+- :func:`interpolation_conf`: source-class confidence on the segment source -> output (star-like structure).
+- :func:`triangle_confidences`, :func:`triangle_stats`, :func:`aggregate_triangles`: confidence over the
+  triangular convex hull of a source and two of its LST outputs (the paper's Table 2).
+- :func:`path_width`: 5%/95% quantiles of the confidence on spheres around a point, orthogonal to a
+  direction (spec section 4); also recorded along a traversal with ``record=("widths",)``.
+- :func:`mean_std`, :func:`mean_std_table`: mean ± std columns for the tables.
+
+The original evaluates one triangle (66 points) or one radius of one sample (256 points) per model call.
+Here every model evaluation goes through one chunked evaluator: the points of many pairs, triangles or
+samples are packed into model batches of ``batch_size`` points regardless of which row they belong to, each
+point built only when its batch runs (memory is bounded by the batch, not by the number of points), on the
+batch-norm-folded channels_last copy of the model that the fast loop runs (:func:`lst_fast.tuning.tuned_model`).
+The batch size is chosen for the device (:func:`default_batch_size`: small on CPU, where large batches are
+slower per image, large on GPUs). Grid points that several triangles share (their source, and the edge
+towards an output used in several triangles) are evaluated once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from lst_fast import ops
+from lst_fast.fast import _layout_of
+from lst_fast.tuning import resolve_memory_format, tuned_model
+from lst_fast.traversal import (
+    Problem,
+    Settings,
+    _check_number,
+    _in_range,
+    check_generator,
+    check_images,
+    check_labels,
+    check_width_settings,
+    checked_logits,
+    make_forward,
+    model_guard,
+    probabilities,
+)
+
+# Points per model call when batch_size is None. On CPU a few: measured on 2 cores, EfficientNet-Lite0 at
+# 224x224 takes 13-15 ms per image in calls of 4-6 images but 24-63 ms in calls of 32-96 (large fresh
+# activations page-fault and fall out of the caches). GPUs want large batches.
+DEFAULT_BATCH_SIZES = {"cpu": 4}
+DEFAULT_BATCH_SIZE = 128
+FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
+# The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
+TABLE2_COLUMNS = ("p_src", "mean", *(f"frac_{d}" for d in FRACTION_DELTAS), "edge_mean")
+WIDTH_QUANTILES = (0.05, 0.95)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model evaluation in large batches
+
+
+class _Confidences:
+    """``p(points)[labels]`` for a stream of ``(points, labels)`` blocks, run through the model in batches of
+    ``batch_size`` points that may span several blocks, passed in ``layout``. Returns one (M,) tensor per
+    block, in order."""
+
+    def __init__(self, forward, batch_size: int, layout: torch.memory_format = torch.contiguous_format):
+        self.forward = forward
+        self.batch_size = batch_size
+        self.layout = layout
+
+    def __call__(self, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        results, queue, queued = [], [], 0
+        for points, labels in blocks:
+            out = torch.empty(len(points), dtype=points.dtype, device=points.device)
+            results.append(out)
+            queue.append((points, labels, out))
+            queued += len(points)
+            while queued >= self.batch_size:
+                queued -= self._run_batch(queue)
+        while queue:
+            queued -= self._run_batch(queue)
+        return results
+
+    def _run_batch(self, queue: list) -> int:
+        """Evaluate up to ``batch_size`` points from the front of the queue; returns how many."""
+        taken, pieces = 0, []
+        while queue and taken < self.batch_size:
+            points, labels, out = queue[0]
+            k = min(len(points), self.batch_size - taken)
+            pieces.append((points[:k], labels[:k], out[:k]))
+            if k == len(points):
+                queue.pop(0)
+            else:
+                queue[0] = (points[k:], labels[k:], out[k:])
+            taken += k
+        points = torch.cat([p for p, _, _ in pieces]) if len(pieces) > 1 else pieces[0][0]
+        points = points.contiguous(memory_format=self.layout)
+        labels = torch.cat([y for _, y, _ in pieces]) if len(pieces) > 1 else pieces[0][1]
+        with torch.no_grad():
+            logits = checked_logits(self.forward, points)
+            labels = _in_range("labels", labels, logits.shape[1])
+            conf = probabilities(logits).gather(1, labels.unsqueeze(1)).squeeze(1)
+        for piece, values in zip(pieces, conf.split([len(p) for p, _, _ in pieces])):
+            piece[2].copy_(values)
+        return taken
+
+
+@contextlib.contextmanager
+def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Iterator[_Confidences]:
+    """The caller's model in eval mode (restored after), as the fast loop runs it, behind a chunked evaluator."""
+    make_forward(model, normalizer)  # checks the normalizer
+    if not isinstance(fold, bool):
+        raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
+    batch_size = _check_batch_size(batch_size, probe.device)
+    with model_guard(model):
+        layout = resolve_memory_format(memory_format, model)
+        runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
+        yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Points per model call when ``batch_size`` is None: 4 on CPU, 128 elsewhere (see DEFAULT_BATCH_SIZES)."""
+    return DEFAULT_BATCH_SIZES.get(torch.device(device).type, DEFAULT_BATCH_SIZE)
+
+
+def _check_batch_size(batch_size, device: torch.device) -> int:
+    if batch_size is None:
+        return default_batch_size(device)
+    return _check_number("batch_size", batch_size, minimum=1, integer=True)
+
+
+def _check_labels(labels, batch: int, device: torch.device) -> torch.Tensor:
+    if labels is None:
+        raise TypeError("labels are required: the source class of each row (for example TraversalResult.labels)")
+    return check_labels("labels", labels, batch, device)
+
+
+def _check_n(n) -> int:
+    return _check_number("n", n, minimum=1, integer=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Convex combinations of images: segments and triangles
+
+
+def segment_grid(n: int = 10) -> torch.Tensor:
+    """Weights (n+1, 2) of the points ``(1-t) src + t out`` for t = 0, 1/n, ..., 1 (float64)."""
+    k = torch.arange(_check_n(n) + 1, dtype=torch.float64)
+    return torch.stack([n - k, k], dim=1) / n
+
+
+def triangle_grid(n: int = 10) -> torch.Tensor:
+    """Weights (G, 3) of the points ``(1-t1-t2) s + t1 a + t2 b``, t1 = i/n, t2 = j/n, i + j <= n (float64).
+
+    G = (n+1)(n+2)/2 (66 for n = 10), ordered i = 0..n, then j = 0..n-i: point 0 is the source s. The source's
+    weight is computed as (n - i - j) / n, so it is exactly 0 on the edge a-b.
+    """
+    n = _check_n(n)
+    ij = torch.tensor([(n - i - j, i, j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=torch.float64)
+    return ij / n
+
+
+def _distinct_images(vertices: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct images among the rows of the (T, C, H, W) ``vertices`` (exact equality), and the index of
+    each vertex among them, shape (T, K)."""
+    rows, ids, seen = [], [], {}
+    for vertex in vertices:
+        flat = vertex.reshape(len(vertex), -1).contiguous()
+        for row in flat:
+            candidates = seen.setdefault(hash(row.view(torch.uint8).cpu().numpy().tobytes()), [])
+            index = next((i for i in candidates if torch.equal(rows[i], row)), None)
+            if index is None:
+                index = len(rows)
+                rows.append(row)
+                candidates.append(index)
+            ids.append(index)
+    bank = torch.stack(rows).view(-1, *vertices[0].shape[1:])
+    return bank, torch.tensor(ids, device=bank.device).view(len(vertices), -1).T
+
+
+def _mixture_confidences(
+    evaluate: _Confidences, vertices: Sequence[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """``p(sum_k weights[g, k] * vertices[k][t])[labels[t]]`` for every row t and grid point g: (T, G).
+
+    Each point is the same float computation as for one row alone (terms with weight 0 add an exact 0), so
+    points shared by several rows (same label, same images with the same non-zero weights in the same order)
+    are evaluated once.
+    """
+    bank, ids = _distinct_images(vertices)  # ids (T, K)
+    rows, k = ids.shape
+    grid = weights.shape[0]
+    w = weights.to(bank.device).unsqueeze(0).expand(rows, grid, k)
+    ids = torch.where(w != 0, ids.unsqueeze(1).expand(rows, grid, k), -1)
+    keys = torch.cat([labels.view(rows, 1, 1).expand(rows, grid, 1).double(), ids.double(), w], dim=2)
+    unique, point_of = torch.unique(keys.view(rows * grid, 2 * k + 1), dim=0, return_inverse=True)
+    point_labels = unique[:, 0].long()
+    point_ids = unique[:, 1 : k + 1].long().clamp(min=0)
+    point_weights = unique[:, k + 1 :].to(bank.dtype).view(-1, k, *([1] * (bank.dim() - 1)))
+
+    def blocks():
+        for start in range(0, len(unique), evaluate.batch_size):
+            chunk = slice(start, start + evaluate.batch_size)
+            ids_, w_ = point_ids[chunk], point_weights[chunk]
+            points = w_[:, 0] * bank[ids_[:, 0]]
+            for term in range(1, k):
+                points = points + w_[:, term] * bank[ids_[:, term]]
+            yield points, point_labels[chunk]
+
+    conf = torch.cat(evaluate(blocks()))
+    return conf[point_of].view(rows, grid)
+
+
+def _check_pair_inputs(srcs, others: dict, labels):
+    srcs = check_images("srcs", srcs)
+    others = [check_images(name, images, like=srcs) for name, images in others.items()]
+    return srcs, others, _check_labels(labels, len(srcs), srcs.device)
+
+
+def interpolation_conf(
+    model: torch.nn.Module,
+    srcs: torch.Tensor,
+    outs: torch.Tensor,
+    labels,
+    *,
+    normalizer=None,
+    n: int = 10,
+    batch_size: int | None = None,
+    memory_format: str = "auto",
+    fold_batchnorm: bool = True,
+) -> torch.Tensor:
+    """Source-class confidence ``p((1-t) src + t out)[y]`` at t = 0, 1/n, ..., 1 for each pair: (P, n+1).
+
+    ``srcs``, ``outs``: (P, C, H, W) images in [0, 1]; ``labels``: (P,) source classes y.
+    ``batch_size`` bounds the points per model call (default :func:`default_batch_size`); ``memory_format``
+    and ``fold_batchnorm`` choose the model copy as in :func:`lst_fast.traverse_batch` (results change only by
+    float rounding).
+    """
+    weights = segment_grid(n)
+    srcs, (outs,), labels = _check_pair_inputs(srcs, {"outs": outs}, labels)
+    with _evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
+        return _mixture_confidences(evaluate, [srcs, outs], weights, labels)
+
+
+def triangle_confidences(
+    model: torch.nn.Module,
+    srcs: torch.Tensor,
+    outs_a: torch.Tensor,
+    outs_b: torch.Tensor,
+    labels,
+    *,
+    normalizer=None,
+    n: int = 10,
+    batch_size: int | None = None,
+    memory_format: str = "auto",
+    fold_batchnorm: bool = True,
+) -> torch.Tensor:
+    """Source-class confidence at the :func:`triangle_grid` points of each triangle (src, out_a, out_b): (T, G).
+
+    All grid points of all triangles are evaluated in model batches of ``batch_size`` points;
+    points shared by several triangles are evaluated once.
+    """
+    weights = triangle_grid(n)
+    srcs, (outs_a, outs_b), labels = _check_pair_inputs(srcs, {"outs_a": outs_a, "outs_b": outs_b}, labels)
+    with _evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
+        return _mixture_confidences(evaluate, [srcs, outs_a, outs_b], weights, labels)
+
+
+def _check_deltas(deltas) -> tuple[float, ...]:
+    if isinstance(deltas, (str, bytes)) or not isinstance(deltas, Sequence):
+        raise TypeError(f"deltas must be a sequence of numbers in [0, 1], got {deltas!r}")
+    if not deltas:
+        raise ValueError("deltas must name at least one threshold")
+    checked = tuple(_check_number(f"deltas[{i}]", d, minimum=0) for i, d in enumerate(deltas))
+    if any(d > 1 for d in checked):
+        raise ValueError(f"deltas must be in [0, 1], got {list(deltas)}")
+    return checked
+
+
+def triangle_stats_from_confidences(
+    conf: torch.Tensor, n: int = 10, deltas: Sequence[float] = FRACTION_DELTAS
+) -> dict[str, torch.Tensor]:
+    """Spec section 5's per-triangle statistics from the confidences (T, G) at the :func:`triangle_grid` points.
+
+    Keys (each (T,)): ``p_src`` (at the source), ``mean`` (over all G points), ``frac_<d>`` = fraction of the
+    points with ``p > p_src - d`` for each d in ``deltas``, ``edge_mean`` (over the 2(n+1) points of the edges
+    s->a and s->b together, s counted twice) and ``edge_min`` (min over both edges of ``p - p_src``).
+    """
+    deltas = _check_deltas(deltas)
+    weights = triangle_grid(n)
+    if not isinstance(conf, torch.Tensor) or conf.dim() != 2 or conf.shape[1] != len(weights):
+        shape = tuple(conf.shape) if isinstance(conf, torch.Tensor) else type(conf).__name__
+        raise ValueError(f"conf must have shape (T, {len(weights)}) for n = {n}, got {shape}")
+    p_src = conf[:, 0]
+    edges = torch.cat([conf[:, weights[:, 2] == 0], conf[:, weights[:, 1] == 0]], dim=1)
+    stats = {"p_src": p_src, "mean": conf.mean(1)}
+    for d in deltas:
+        stats[f"frac_{d}"] = (conf > (p_src - d).unsqueeze(1)).to(conf.dtype).mean(1)
+    stats["edge_mean"] = edges.mean(1)
+    stats["edge_min"] = (edges - p_src.unsqueeze(1)).amin(1)
+    return stats
+
+
+def triangle_stats(
+    model: torch.nn.Module,
+    srcs: torch.Tensor,
+    outs_a: torch.Tensor,
+    outs_b: torch.Tensor,
+    labels,
+    *,
+    normalizer=None,
+    n: int = 10,
+    batch_size: int | None = None,
+    deltas: Sequence[float] = FRACTION_DELTAS,
+    memory_format: str = "auto",
+    fold_batchnorm: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Statistics of the triangles (srcs[t], outs_a[t], outs_b[t]) with source classes labels[t] (spec §5).
+
+    Returns ``p_src``, ``mean``, ``frac_0.0``, ``frac_0.1``, ``frac_0.2``, ``frac_0.3``, ``edge_mean``,
+    ``edge_min``, each (T,) (see :func:`triangle_stats_from_confidences`); per source, combine them with
+    :func:`aggregate_triangles`. Arguments as in :func:`triangle_confidences`.
+    """
+    _check_deltas(deltas)
+    conf = triangle_confidences(
+        model, srcs, outs_a, outs_b, labels, normalizer=normalizer, n=n, batch_size=batch_size,
+        memory_format=memory_format, fold_batchnorm=fold_batchnorm,
+    )
+    return triangle_stats_from_confidences(conf, n, deltas)
+
+
+def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str, torch.Tensor]:
+    """Per source (spec §5): the mean of every statistic over the source's triangles, except ``edge_min``,
+    which takes the minimum. ``source_ids``: (T,) integers naming each triangle's source. Each result is (S,),
+    one entry per distinct source id in increasing order."""
+    if not isinstance(stats, dict) or "edge_min" not in stats:
+        raise TypeError("stats must be the dict that triangle_stats returns")
+    count = len(stats["edge_min"])
+    for key, values in stats.items():
+        if not isinstance(values, torch.Tensor) or values.shape != (count,):
+            raise ValueError(f"stats[{key!r}] must be a ({count},) tensor like stats['edge_min']")
+    if len(source_ids) != count:
+        raise ValueError(f"source_ids must name the source of each of the {count} triangles, got {len(source_ids)}")
+    ids = check_labels("source_ids", source_ids, count, stats["edge_min"].device)
+    sources, index = torch.unique(ids, sorted=True, return_inverse=True)
+    return {
+        key: torch.zeros(len(sources), dtype=values.dtype, device=values.device).scatter_reduce_(
+            0, index, values, reduce="amin" if key == "edge_min" else "mean", include_self=False
+        )
+        for key, values in stats.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def mean_std(columns: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of each column (population std, ddof = 0, like numpy's default)."""
+    summary = {}
+    for key, values in columns.items():
+        values = torch.as_tensor(values, dtype=torch.float64).flatten()
+        if values.numel() == 0:
+            raise ValueError(f"column {key!r} is empty")
+        summary[key] = (values.mean().item(), values.std(correction=0).item())
+    return summary
+
+
+def mean_std_table(
+    rows: dict[str, dict[str, torch.Tensor]], *, columns: Sequence[str] | None = None, digits: int = 3
+) -> str:
+    """A Markdown table with one row per entry of ``rows`` (e.g. a model) and a "mean ± std" cell per column.
+
+    ``columns``: which columns, in order (default: all of the first row's). For the paper's Table 2 pass the
+    output of :func:`aggregate_triangles` and ``columns=TABLE2_COLUMNS``; for Table 1, the distances.
+    """
+    if not rows:
+        raise ValueError("rows must name at least one row of columns")
+    columns = list(next(iter(rows.values())) if columns is None else columns)
+    missing = {name: [c for c in columns if c not in values] for name, values in rows.items()}
+    if any(missing.values()):
+        raise ValueError(f"rows lack the columns {missing}")
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in rows.items():
+        summary = mean_std({key: values[key] for key in columns})
+        cells = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in summary.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Path width (spec section 4)
+
+
+def orthogonal_direction(x: torch.Tensor, grad: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """The LST direction ``v_perp = v - grad <grad, v> / <grad, grad>``, ``v = tgt - x`` (``v`` where grad = 0)."""
+    v = tgt - x
+    grad_grad = ops.row_dot(grad, grad)
+    nonzero = grad_grad > 0
+    coef = torch.where(nonzero, ops.row_dot(grad, v) / torch.where(nonzero, grad_grad, 1), 0)
+    return v - grad * coef.view(-1, *([1] * (x.dim() - 1)))
+
+
+def random_orthogonal_units(direction: torch.Tensor, num_vecs: int, generator=None) -> torch.Tensor:
+    """``num_vecs`` random unit vectors (num_vecs, *direction.shape) orthogonal to ``direction``.
+
+    Exactly one ``torch.randn((num_vecs, *direction.shape))`` draw from ``generator``; the component along
+    ``direction / |direction|`` is removed (nothing is removed for a zero direction) and each row normalised.
+    """
+    noise = torch.randn(
+        (num_vecs, *direction.shape), generator=generator, dtype=direction.dtype, device=direction.device
+    )
+    flat = noise.view(num_vecs, -1)
+    unit = direction.flatten()
+    norm = unit.norm()
+    if norm > 0:
+        unit = unit / norm
+        flat -= torch.outer(flat @ unit, unit)
+    flat /= flat.norm(dim=1, keepdim=True)
+    return noise
+
+
+def _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, generator) -> torch.Tensor:
+    """Path widths (B, R+1, 2) of checked inputs; draws the random vectors of every sample in row order."""
+    (at_x,) = evaluate([(x, labels)])
+    active = (at_x >= pthresh) & (directions.flatten(1).norm(dim=1) > 0)
+
+    def blocks():
+        for i in range(len(x)):
+            units = random_orthogonal_units(directions[i], num_vecs, generator)  # drawn for every sample
+            if active[i]:
+                for r in radii:
+                    yield (x[i] + r * units).clamp_(0, 1), labels[i].expand(num_vecs)
+
+    conf = evaluate(blocks())
+    widths = torch.zeros(len(x), len(radii) + 1, 2, dtype=x.dtype, device=x.device)
+    widths[active, 0] = at_x[active].unsqueeze(1)
+    if conf:
+        conf = torch.stack(conf).view(-1, len(radii), num_vecs)
+        quantiles = torch.quantile(conf, torch.tensor(WIDTH_QUANTILES, dtype=conf.dtype, device=conf.device), dim=2)
+        widths[active, 1:] = quantiles.permute(1, 2, 0)
+    return widths
+
+
+def _check_directions(directions, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(directions, torch.Tensor):
+        raise TypeError(f"directions must be a torch.Tensor like x, got {type(directions).__name__}")
+    if directions.shape != x.shape or directions.dtype != x.dtype or directions.device != x.device:
+        raise ValueError(
+            f"directions must match x: shape {tuple(x.shape)}, {x.dtype} on {x.device}; got shape "
+            f"{tuple(directions.shape)}, {directions.dtype} on {directions.device}"
+        )
+    if not torch.isfinite(directions).all():
+        raise ValueError("directions contains NaN or infinite values")
+    return directions
+
+
+def path_width(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    directions: torch.Tensor,
+    labels,
+    *,
+    normalizer=None,
+    distances: Sequence[float] = (0.5, 1, 1.5, 2),
+    num_vecs: int = 256,
+    pthresh: float = 0.2,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    memory_format: str = "auto",
+    fold_batchnorm: bool = True,
+) -> torch.Tensor:
+    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (spec §4): (B, R+1, 2).
+
+    For each sample, ``num_vecs`` random unit vectors u orthogonal to the direction (see
+    :func:`random_orthogonal_units`); for each radius r in ``distances`` (L2, [0, 1] pixel units), the 5% and
+    95% quantiles (linear interpolation, as ``torch.quantile``) of ``p(clamp(x + r u, 0, 1))[y]``: row 1 + k
+    of the result. Row 0 is ``p(x)[y]`` in both columns. Samples with ``p(x)[y] < pthresh`` or a zero
+    direction report zeros.
+
+    Random numbers: one ``randn((num_vecs, C, H, W))`` draw from ``generator`` (the global RNG if None) per
+    sample, in row order, for every sample (also those that report zeros), the same vectors for all radii.
+    So a batch gives the same numbers as its rows one at a time with the same generator.
+    All points of all samples and radii run in model batches of ``batch_size`` points (default
+    :func:`default_batch_size`).
+    """
+    x = check_images("x", x)
+    directions = _check_directions(directions, x)
+    labels = _check_labels(labels, len(x), x.device)
+    radii, num_vecs = check_width_settings(distances, num_vecs)
+    pthresh = _check_number("pthresh", pthresh, minimum=0)
+    generator = check_generator(generator, x.device)
+    with _evaluator(model, normalizer, x, batch_size, memory_format, fold_batchnorm) as evaluate:
+        return _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, generator)
+
+
+def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Problem, settings: Settings):
+    """Path widths at a traversal iterate (spec §3) for ``record=("widths",)``, in both loops.
+
+    Direction: that iteration's v_perp (from the gradient ``grad`` at ``x``); threshold: the traversal's
+    ``pthresh``; random vectors: drawn from the traversal's generator (after its start-point noise), at each
+    recorded iteration in turn, sample by sample in row order, so both loops draw the same vectors.
+    """
+    direction = orthogonal_direction(x, grad, problem.tgt)
+    return _path_width(
+        _Confidences(forward, default_batch_size(x.device), _layout_of(x)), x, direction, problem.labels,
+        settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
+    )
