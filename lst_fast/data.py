@@ -37,10 +37,9 @@ def preprocess(image: np.ndarray | torch.Tensor, *, resize: int = RESIZE, crop: 
     else:
         raise TypeError("image must be an HWC uint8 numpy array or a CHW float tensor in [0, 1]")
     if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    tensor = tensor[:3]
-    tensor = TF.resize(tensor, [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(tensor, [crop]).clamp_(0, 1).contiguous()
+        tensor = tensor.repeat(3, 1, 1)
+    tensor = TF.resize(tensor[:3], [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(tensor, [crop]).clamp(0, 1).contiguous()
 
 
 def load_embedded_photos(names: Sequence[str] = EMBEDDED_PHOTOS[:4]) -> tuple[torch.Tensor, list[str]]:

@@ -9,14 +9,11 @@ rejected rows, and never runs the reference's second forward. The step itself is
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.fusion import FoldedModelCache, fold_batchnorm
+from lst_fast.tuning import resolve_memory_format, tuned_model
 from lst_fast.traversal import (
     PathRecorder,
     TraversalResult,
@@ -27,8 +24,6 @@ from lst_fast.traversal import (
     model_guard,
     prepare,
 )
-
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def traverse_batch(
@@ -78,13 +73,16 @@ def traverse_batch(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
     )
-    layout = resolve_memory_format(memory_format, model)
     if not isinstance(fold_batchnorm, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
     with model_guard(model):
+        layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        forward = _tuned_forward(model, normalizer, problem, layout, fold_batchnorm)
+        forward = problem.forward
+        if len(problem.labels):
+            runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
+            forward = make_forward(runner, normalizer)
         x, final_conf, accepted, recorder = _run(problem, forward, settings, layout, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
@@ -155,53 +153,3 @@ def _check_backend(backend: str | None, x: torch.Tensor) -> str:
     if backend not in available:
         raise ValueError(f"backend must be one of {available} for {x.dtype} on {x.device}, got {backend!r}")
     return backend
-
-
-def resolve_memory_format(memory_format: str, model: torch.nn.Module) -> torch.memory_format:
-    """``"auto"`` picks channels_last for convolutional networks (measured ~1.6x faster on CPU for the offline
-    EfficientNet) and contiguous for models with at most one convolution (ViTs: only the patch embedding)."""
-    if memory_format == "auto":
-        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-        return torch.channels_last if convs >= 2 else torch.contiguous_format
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format must be 'auto' or one of {list(MEMORY_FORMATS)}, got {memory_format!r}")
-    return MEMORY_FORMATS[memory_format]
-
-
-_tuned_models = FoldedModelCache()
-
-
-def _tuned_forward(model, normalizer, problem, layout, fold: bool):
-    """The forward the loop runs: the caller's model, or a private copy in ``layout`` with batch norms folded.
-
-    The copy is checked against the original on the start points; if they disagree beyond float rounding the
-    original model is used (with a warning).
-    """
-    if len(problem.labels) == 0 or (layout == torch.contiguous_format and not fold):
-        return problem.forward
-    key = (layout, fold, problem.x0.dtype, problem.x0.device)
-    tuned = _tuned_models.get(model, key)
-    if tuned is None:
-        tuned = _tuned_copy(model, normalizer, problem, layout, fold)
-        _tuned_models.put(model, key, tuned)
-    return make_forward(tuned, normalizer)
-
-
-def _tuned_copy(model, normalizer, problem, layout, fold: bool) -> torch.nn.Module:
-    probe = problem.x0[:4]
-    example = probe[:1] if normalizer is None else normalizer(probe[:1])
-    tuned = fold_batchnorm(model, example)[0] if fold else copy.deepcopy(model)
-    tuned = tuned.to(memory_format=layout).eval().requires_grad_(False)
-    with torch.no_grad():
-        expected = problem.forward(probe).softmax(1)
-        got = make_forward(tuned, normalizer)(probe.contiguous(memory_format=layout)).softmax(1)
-    tolerance = 1e3 * torch.finfo(probe.dtype).eps
-    if (got - expected).abs().max().item() > tolerance:
-        warnings.warn(
-            "lst_fast: the batch-norm-folded copy of this model disagrees with the original "
-            f"(max probability difference > {tolerance:.1e}); running the original model instead",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return model
-    return tuned

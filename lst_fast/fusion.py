@@ -14,7 +14,6 @@ convolution's raw output was also used elsewhere).
 from __future__ import annotations
 
 import copy
-import weakref
 
 import torch
 from torch import nn
@@ -101,24 +100,3 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
             if id(child) in replacements:
                 setattr(parent, name, replacements[id(child)])
     return folded, len(pairs)
-
-
-class FoldedModelCache:
-    """Remembers the folded copy of each model until its weights change (tracked by tensor versions)."""
-
-    def __init__(self):
-        self._entries: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-    @staticmethod
-    def _fingerprint(model: nn.Module, key) -> tuple:
-        tensors = list(model.parameters()) + list(model.buffers())
-        return (key,) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-
-    def get(self, model: nn.Module, key):
-        entry = self._entries.get(model)
-        if entry is not None and entry[0] == self._fingerprint(model, key):
-            return entry[1]
-        return None
-
-    def put(self, model: nn.Module, key, value) -> None:
-        self._entries[model] = (self._fingerprint(model, key), value)

@@ -1,0 +1,101 @@
+"""The model the fast paths actually run: the caller's model in the fastest memory format, with eval-mode
+batch norms folded into their convolutions (lst_fast.fusion), as a private copy.
+
+The copy is checked against the original on real inputs before use and cached per model until the
+model's weights change, so a sweep that calls ``traverse_batch`` per batch builds it once. The caller's
+model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from lst_fast.fusion import fold_batchnorm
+from lst_fast.traversal import make_forward
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def resolve_memory_format(memory_format: str, model: nn.Module) -> torch.memory_format:
+    """``"auto"`` picks channels_last for convolutional networks (faster on CPU and on GPUs for the
+    offline EfficientNet and ResNets) and contiguous for models with at most one convolution (ViTs: only
+    the patch embedding)."""
+    if memory_format == "auto":
+        convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+        return torch.channels_last if convs >= 2 else torch.contiguous_format
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be 'auto' or one of {list(MEMORY_FORMATS)}, got {memory_format!r}")
+    return MEMORY_FORMATS[memory_format]
+
+
+class TunedModelCache:
+    """Remembers the tuned copy of each model until its weights change (tracked by tensor versions)."""
+
+    def __init__(self):
+        self._entries: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _fingerprint(model: nn.Module, key) -> tuple:
+        tensors = list(model.parameters()) + list(model.buffers())
+        return (key,) + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def get(self, model: nn.Module, key):
+        entry = self._entries.get(model)
+        if entry is not None and entry[0] == self._fingerprint(model, key):
+            return entry[1]
+        return None
+
+    def put(self, model: nn.Module, key, value) -> None:
+        self._entries[model] = (self._fingerprint(model, key), value)
+
+
+_cache = TunedModelCache()
+
+
+def tuned_model(
+    model: nn.Module,
+    examples: torch.Tensor,
+    *,
+    normalizer=None,
+    layout: torch.memory_format = torch.contiguous_format,
+    fold: bool = True,
+) -> nn.Module:
+    """The module to run in place of ``model`` (an eval-mode model whose parameters need no gradient).
+
+    ``examples`` are a few images in [0, 1] of the shape the model will see; they locate the batch norms
+    and check the copy. If the copy disagrees with the original beyond float rounding (e.g. a convolution
+    output that is used twice), the original model is returned with a warning. Inputs must be passed in
+    ``layout`` for the speed-up to apply.
+    """
+    if layout == torch.contiguous_format and not fold:
+        return model
+    key = (layout, fold, examples.dtype, examples.device)
+    tuned = _cache.get(model, key)
+    if tuned is None:
+        tuned = _tuned_copy(model, examples, normalizer, layout, fold)
+        _cache.put(model, key, tuned)
+    return tuned
+
+
+def _tuned_copy(model, examples, normalizer, layout, fold: bool) -> nn.Module:
+    example = examples[:1] if normalizer is None else normalizer(examples[:1])
+    tuned = fold_batchnorm(model, example)[0] if fold else copy.deepcopy(model)
+    tuned = tuned.to(memory_format=layout).eval().requires_grad_(False)
+    with torch.no_grad():
+        expected = make_forward(model, normalizer)(examples).softmax(1)
+        got = make_forward(tuned, normalizer)(examples.contiguous(memory_format=layout)).softmax(1)
+    tolerance = 1e3 * torch.finfo(examples.dtype).eps
+    if (got - expected).abs().max().item() > tolerance:
+        warnings.warn(
+            "lst_fast: the batch-norm-folded copy of this model disagrees with the original "
+            f"(max probability difference > {tolerance:.1e}); running the original model instead",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return model
+    return tuned
