@@ -58,4 +58,5 @@ def triangle_unit_stats(
         return {f"tri_{k}": v for k, v in empty.items()} | {f"src_{k}": empty[k] for k in ("source",) + TRIANGLE_KEYS}
     triangles = {k: torch.cat([p[k] for p in per_pair]) for k in keys}
     per_source = geometry.aggregate_triangles({k: triangles[k] for k in TRIANGLE_KEYS}, triangles["source"])
+    per_source["source"] = torch.unique(triangles["source"], sorted=True)  # the order aggregate_triangles uses
     return {f"tri_{k}": v for k, v in triangles.items()} | {f"src_{k}": v for k, v in per_source.items()}

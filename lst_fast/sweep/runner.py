@@ -272,6 +272,9 @@ def _bar(sweep: _Sweep, total: int, what: str, unit: str) -> tqdm:
 def _traverse_phase(sweep: _Sweep) -> PhaseCount:
     count = PhaseCount()
     todo = _pending(sweep, "traverse", sweep.plan.traverse, count)
+    if not todo:
+        return count
+    # each unit's sources then targets, read ahead by the worker processes while the model runs
     groups = [sweep.dataset_indices(u.sources) + sweep.dataset_indices(u.targets) for u in todo]
     loader = data.group_loader(
         sweep.dataset, groups, workers=sweep.workers, pin_memory=sweep.device.type == "cuda"
@@ -324,14 +327,21 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
 def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount, list[str]]:
     count = PhaseCount()
     pending = _pending(sweep, "triangles", sweep.plan.triangles, count)
+    if not pending:
+        return count, []
     deadline = time.monotonic() + wait
     start = time.perf_counter()
+    told = False
     with _bar(sweep, sum(len(u.sources) for u in pending), "triangles", "source") as bar:
         while pending:
             ready = [u for u in pending if all(sweep.store.finished("traverse", n.name) for n in u.needs)]
             if not ready:
                 if time.monotonic() >= deadline:
                     break
+                if not told:
+                    tqdm.write(f"lst-fast sweep [{sweep.placement.label}]: waiting up to {wait:.0f} s for the "
+                               "LST units of other processes")
+                    told = True
                 time.sleep(poll)
                 continue
             groups = [sweep.dataset_indices(u.sources) for u in ready]
@@ -355,7 +365,10 @@ def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount
 
 
 def _triangle_unit(sweep: _Sweep, unit: TriangleUnit, srcs: torch.Tensor) -> dict[str, torch.Tensor]:
-    rounds = [sweep.store.read_unit("traverse", n.name, sweep.config_id) for n in unit.needs]
+    try:
+        rounds = [sweep.store.read_unit("traverse", n.name, sweep.config_id) for n in unit.needs]
+    except CorruptUnit as err:
+        raise CorruptUnit(f"{err}. Run the process that owns it again (it redoes corrupt units), then this one") from None
     if any(r is None for r in rounds):
         raise RuntimeError(f"traversal units of triangle unit {unit.name} disappeared while it was computed")
     return evaluation.triangle_unit_stats(
