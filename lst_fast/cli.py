@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_sweep(commands)
     _add_tables(commands)
+    _add_plot(commands)
     return parser
 
 
@@ -171,6 +172,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _add_plot(commands) -> None:
+    plot = commands.add_parser(
+        "plot",
+        help="figures of a sweep folder: confidence paths, interpolations, triangles, path widths",
+        formatter_class=_DefaultsFormatter,
+        description="Writes PNG figures for the first pairs and sources of a sweep (finished or not): the confidence "
+        "along their paths, on the segments source -> LST output, and over the triangles of two rounds; with "
+        "--path-widths also the path width along the paths (the first LST unit is run again to record it). The "
+        "model and data are loaded again from the sweep's manifest.",
+    )
+    plot.add_argument("dir", metavar="DIR", help="sweep folder written by 'lst-fast sweep'")
+    plot.add_argument("--out", help="folder for the figures (default: DIR/figures)")
+    plot.add_argument("--pairs", type=_at_least_one, default=4, help="how many pairs and sources to plot")
+    plot.add_argument("--path-widths", action="store_true",
+                      help="also plot path widths (costs one LST unit plus width-vecs x 4 model calls per point)")
+    plot.add_argument("--width-vecs", type=_at_least_one, default=256,
+                      help="random directions per path-width point")
+    plot.add_argument("--checkpoint", help="where the sweep's checkpoint is now, if it has moved")
+    plot.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
 def _sweep(args) -> int:
     from lst_fast.sweep import SweepConfig, run_sweep
 
@@ -198,10 +220,21 @@ def _tables(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from lst_fast.sweep.figures import plot_sweep
+
+    for path in plot_sweep(
+        args.dir, args.out, pairs=args.pairs, path_widths=args.path_widths, width_vecs=args.width_vecs,
+        checkpoint=args.checkpoint, device=args.device,
+    ):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "sweep": _sweep, "tables": _tables}
+    handlers = {"demo": _demo, "sweep": _sweep, "tables": _tables, "plot": _plot}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as err:

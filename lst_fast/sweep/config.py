@@ -112,6 +112,26 @@ class SweepConfig:
         return fields
 
 
+def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> SweepConfig:
+    """The :class:`SweepConfig` of a sweep folder's manifest (to reload its model and data).
+
+    The manifest identifies a checkpoint by its SHA-256; its path is taken from ``checkpoint`` or else from where
+    the first run found it, and must still hold the same file.
+    """
+    identity = manifest["config"]
+    names = {f.name for f in dataclasses.fields(SweepConfig)}
+    fields = {k: v for k, v in identity.items() if k in names}
+    fields["mean"], fields["std"] = tuple(identity["mean"]), tuple(identity["std"])
+    if identity["checkpoint"] is not None:
+        path = checkpoint or manifest.get("created_by", {}).get("checkpoint")
+        if path is None or not Path(path).is_file() or "sha256:" + file_sha256(path) != identity["checkpoint"]:
+            raise FileNotFoundError(
+                f"the sweep's checkpoint ({identity['checkpoint']}) is not at {path!r}; pass its path as checkpoint"
+            )
+        fields["checkpoint"] = str(path)
+    return SweepConfig(**fields)
+
+
 def differences(stored: dict, current: dict) -> list[str]:
     """Human-readable list of the fields in which two configurations differ."""
     keys = sorted(set(stored) | set(current))

@@ -143,7 +143,7 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
     dataset = data.open_dataset(config.data, image_size=config.image_size)
     if len(dataset) < 2:
         raise ValueError(f"data {config.data!r} holds {len(dataset)} image(s); a sweep needs at least 2")
-    model, normalizer = _load_model(config)
+    model, normalizer = load_sweep_model(config)
     model, normalizer = model.to(device), normalizer.to(device)
     distances, note = _distances(stored)
     identity = config.identity(
@@ -159,7 +159,7 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
         "note": note,
         "created_by": {
             "lst_fast": lst_fast.__version__, "torch": torch.__version__, "device": device.type,
-            "command": sys.argv,
+            "command": sys.argv, "checkpoint": None if config.checkpoint is None else str(Path(config.checkpoint).resolve()),
         },
     })
     _same_config(manifest, identity, out_dir)
@@ -172,7 +172,7 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
     return sweep, manifest.get("note")
 
 
-def _load_model(config: SweepConfig):
+def load_sweep_model(config: SweepConfig):
     """The model, with any random initialisation (``--no-pretrained``) seeded by the sweep seed so that every
     process of the sweep gets the same weights."""
     kind = data.parse_data_spec(config.data).kind
