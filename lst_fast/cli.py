@@ -135,6 +135,9 @@ def _add_sweep(commands) -> None:
     run.add_argument("--wait", type=_non_negative_float, default=3600.0,
                      help="seconds to wait for other processes' LST units before the triangle units that need "
                      f"them are left for a later run (exit status {EXIT_WAITING})")
+    run.add_argument("--lpips-weights", metavar="PATH",
+                     help="torchvision AlexNet weights for LPIPS (default: torch hub cache; without them a new sweep "
+                     "leaves LPIPS out and says so)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -207,7 +210,7 @@ def _sweep(args) -> int:
     )
     report = run_sweep(
         config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
-        wait=args.wait, progress=not args.no_progress,
+        wait=args.wait, progress=not args.no_progress, lpips_weights=args.lpips_weights,
     )
     print(report.summary(), flush=True)
     return EXIT_WAITING if report.waiting else 0

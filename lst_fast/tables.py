@@ -1,7 +1,7 @@
 """The paper's tables from sweep folders: Table 1 (distances of LST outputs to their targets) and Table 2
 (triangle statistics per source), each as mean ± std, from finished or partly finished sweeps.
 
-Standard deviations are population standard deviations (NumPy's default, ddof = 0).
+Standard deviations are population standard deviations (NumPy's default, ddof = 0; :func:`lst_fast.geometry.mean_std`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lst_fast import geometry
 from lst_fast.sweep.evaluation import TRIANGLE_TABLE_KEYS
 from lst_fast.sweep.plan import make_plan
 from lst_fast.sweep.store import CorruptUnit, SweepStore
@@ -99,10 +100,10 @@ class Table:
 
 
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and population std (NaN for no values yet)."""
     if values.numel() == 0:
         return float("nan"), float("nan")
-    values = values.double()
-    return values.mean().item(), values.std(correction=0).item()
+    return geometry.mean_std({"values": values})["values"]
 
 
 def distance_table(results: list[SweepResults]) -> Table:

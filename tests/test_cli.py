@@ -18,7 +18,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(commands.choices)
 
 
-@pytest.mark.parametrize("name", ["demo", "sweep", "tables"])
+@pytest.mark.parametrize("name", ["demo", "sweep", "tables", "plot"])
 def test_every_option_is_explained(name, capsys):
     sub = _subcommands()[name]
     for action in sub._actions:
@@ -109,3 +109,27 @@ def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys):
     unit = load_file(str(out / "units" / "traverse" / "r000_b00000.safetensors"))
     assert sorted(unit["labels"].tolist()) == [282, 657, 967]  # tiger cat, missile, espresso
     assert unit["valid"].all() and (unit["init_conf"] > 0.3).all()
+
+
+def test_plot_writes_the_figures_of_a_sweep(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    out = tmp_path / "sweep"
+    assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out)) == 0
+    capsys.readouterr()
+    assert cli.main(["plot", str(out), "--pairs", "2", "--path-widths", "--width-vecs", "4"]) == 0
+    written = [p for p in capsys.readouterr().out.splitlines() if p]
+    unit = load_file(str(out / "units" / "traverse" / "r000_b00000.safetensors"))
+    (s0, s1), (t0, t1) = unit["source"][:2].tolist(), unit["target"][:2].tolist()
+    names = {"confidence_paths.png", "interpolation.png", f"triangle_{s0:05d}.png", f"triangle_{s1:05d}.png",
+             f"path_width_{s0:05d}_to_{t0:05d}.png", f"path_width_{s1:05d}_to_{t1:05d}.png"}
+    assert sorted(written) == sorted(str(out / "figures" / name) for name in names)
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_plot_of_an_empty_sweep_is_an_error(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    out = tmp_path / "sweep"
+    assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--phase", "triangles", "--wait", "0")) == 3
+    capsys.readouterr()
+    assert cli.main(["plot", str(out)]) == 2
+    assert "has no finished LST unit yet" in capsys.readouterr().err

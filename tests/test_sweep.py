@@ -33,7 +33,7 @@ def sweep_config(image_folder, tiny_checkpoint, **overrides) -> SweepConfig:
     path, arch, classes = tiny_checkpoint
     settings = dict(
         model=arch, checkpoint=str(path), num_classes=classes, data=f"folder:{image_folder}", image_size=32,
-        num_samples=N, rounds=ROUNDS, batch_size=BATCH, iters=ITERS, min_conf=0.0, seed=7, triangles=False,
+        num_samples=N, rounds=ROUNDS, batch_size=BATCH, iters=ITERS, min_conf=0.0, seed=7,
     )
     return SweepConfig(**(settings | overrides))
 

@@ -13,19 +13,18 @@ TRIANGLE_KEYS = ("p_src", "mean", "frac_0.0", "frac_0.1", "frac_0.2", "frac_0.3"
 TRIANGLE_TABLE_KEYS = TRIANGLE_KEYS[:7]
 
 
-def choose_distances() -> tuple[tuple[str, ...], str | None]:
-    """The distances a new sweep computes: all four, or without LPIPS when it cannot run here (its AlexNet
-    weights are not on this machine), with a note saying why."""
-    probe = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+def choose_distances(lpips_weights=None) -> tuple[tuple[str, ...], str | None]:
+    """The distances a new sweep computes: all four, or without LPIPS when its AlexNet weights are not on this
+    machine (``lpips_weights`` or the torch hub cache), with a note saying why."""
     try:
-        metrics.distances(probe, probe, which=("lpips",))
-    except (ValueError, RuntimeError, ImportError, OSError) as err:
+        metrics.alexnet_weights_path(lpips_weights)
+    except metrics.LPIPSWeightsMissing as err:
         return DISTANCES[:3], f"LPIPS left out: {err}"
     return DISTANCES, None
 
 
-def pair_distances(outs: torch.Tensor, tgts: torch.Tensor, which) -> dict[str, torch.Tensor]:
-    return metrics.distances(outs, tgts, which=tuple(which))
+def pair_distances(outs: torch.Tensor, tgts: torch.Tensor, which, lpips_weights=None) -> dict[str, torch.Tensor]:
+    return metrics.distances(outs, tgts, which=tuple(which), lpips_weights=lpips_weights)
 
 
 def triangle_unit_stats(

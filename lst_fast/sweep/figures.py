@@ -66,7 +66,7 @@ def plot_sweep(
     first = finished[0]
     saved = unit_tensors(first)
     k = min(pairs, len(first.sources))
-    names = [f"{s} -> {t}" for s, t in zip(first.sources[:k], first.targets[:k])]
+    names = [f"image {s} -> image {t}" for s, t in zip(first.sources[:k], first.targets[:k])]
     labels = saved["labels"][:k].to(device)
     written = []
     if "path_conf" in saved:

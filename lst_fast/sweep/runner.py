@@ -79,6 +79,7 @@ class _Sweep:
     plan: Plan
     config_id: str
     distances: tuple[str, ...]
+    lpips_weights: str | None
     workers: int
     progress: bool
 
@@ -100,6 +101,7 @@ def run_sweep(
     wait: float = 3600.0,
     poll: float = 2.0,
     progress: bool = True,
+    lpips_weights: str | Path | None = None,
 ) -> SweepReport:
     """Run (or resume) this process's share of a sweep into ``out_dir``.
 
@@ -112,6 +114,8 @@ def run_sweep(
         wait: seconds the triangle phase waits for traversal units of other processes before giving up
             (what is left is listed in the report and done by a later run).
         poll: seconds between looks at the folder while waiting.
+        lpips_weights: local AlexNet weights for LPIPS (default: torch's hub cache); without them a new sweep
+            leaves LPIPS out (noted in the manifest and the tables).
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -119,7 +123,7 @@ def run_sweep(
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if not wait >= 0 or not poll > 0:
         raise ValueError(f"wait must be >= 0 and poll > 0 seconds, got wait={wait!r}, poll={poll!r}")
-    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress)
+    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress, lpips_weights)
     traverse = _traverse_phase(sweep) if phase in ("all", "traverse") else PhaseCount()
     triangles, waiting = PhaseCount(), []
     if config.triangles and phase in ("all", "triangles"):
@@ -134,7 +138,7 @@ def run_sweep(
 # Set-up: every check happens here, before any unit is computed
 
 
-def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, str | None]:
+def _open(config, out_dir, device, workers, shard, progress, lpips_weights) -> tuple[_Sweep, str | None]:
     config = config.checked()
     placement = resolve_placement(parse_shard(shard) if isinstance(shard, str) else shard)
     device = resolve_device(device, placement)
@@ -145,7 +149,7 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
         raise ValueError(f"data {config.data!r} holds {len(dataset)} image(s); a sweep needs at least 2")
     model, normalizer = load_sweep_model(config)
     model, normalizer = model.to(device), normalizer.to(device)
-    distances, note = _distances(stored)
+    distances, note = _distances(stored, lpips_weights)
     identity = config.identity(
         normalization=(normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist()), distances=distances
     )
@@ -159,7 +163,8 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
         "note": note,
         "created_by": {
             "lst_fast": lst_fast.__version__, "torch": torch.__version__, "device": device.type,
-            "command": sys.argv, "checkpoint": None if config.checkpoint is None else str(Path(config.checkpoint).resolve()),
+            "command": sys.argv,
+            "checkpoint": None if config.checkpoint is None else str(Path(config.checkpoint).resolve()),
         },
     })
     _same_config(manifest, identity, out_dir)
@@ -167,7 +172,7 @@ def _open(config, out_dir, device, workers, shard, progress) -> tuple[_Sweep, st
         config=config, store=store, placement=placement, device=device, dataset=dataset, model=model,
         normalizer=normalizer, selection=selection, plan=make_plan(len(selection), config.rounds,
         config.batch_size, config.seed), config_id=manifest["config_id"], distances=tuple(distances),
-        workers=workers, progress=progress,
+        lpips_weights=None if lpips_weights is None else str(lpips_weights), workers=workers, progress=progress,
     )
     return sweep, manifest.get("note")
 
@@ -184,10 +189,10 @@ def load_sweep_model(config: SweepConfig):
         )
 
 
-def _distances(stored: dict | None) -> tuple[list[str], str | None]:
+def _distances(stored: dict | None, lpips_weights) -> tuple[list[str], str | None]:
     """The distances of a new sweep (LPIPS only where it runs); a resumed sweep keeps its own, and must be
     able to compute them here."""
-    available, note = evaluation.choose_distances()
+    available, note = evaluation.choose_distances(lpips_weights)
     if stored is None:
         return list(available), note
     wanted = stored.get("config", {}).get("distances", [])
@@ -301,7 +306,7 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
         adv_step_size=config.adv_step_size, init_noise=config.init_noise, log_every=config.path_log_every,
         record=("conf",), generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device),
     )
-    distances = evaluation.pair_distances(result.images, tgts, sweep.distances)
+    distances = evaluation.pair_distances(result.images, tgts, sweep.distances, sweep.lpips_weights)
     if config.save_images:
         for k, (s, t) in enumerate(zip(unit.sources, unit.targets)):
             path = sweep.store.image_path(unit.round, s, t)
