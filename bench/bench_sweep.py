@@ -12,8 +12,8 @@ Both run the same pairs (the same derangements) with the same settings; pairs/s 
 loading excluded), medians over interleaved repeats. Both results are also compared (mean L2 distance and
 mean triangle confidence) so the timing is of the same work.
 
-    python bench/bench_sweep.py                 # offline EfficientNet-Lite0, 6 photos x 3 rounds, 40 iterations
-    python bench/bench_sweep.py --iters 400 --repeats 1
+    python bench/bench_sweep.py                 # offline EfficientNet-Lite0, 6 photos x 3 rounds, 20 iterations
+    OMP_NUM_THREADS=1 python bench/bench_sweep.py --workers 1   # on a busy machine: no thread oversubscription
 """
 
 from __future__ import annotations
@@ -84,9 +84,11 @@ def lst_fast_sweep(config: SweepConfig, device, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=40, help="LST iterations per pair")
+    parser.add_argument("--iters", type=int, default=20, help="LST iterations per pair")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each of the 6 photos is a source per round)")
     parser.add_argument("--batch-size", type=int, default=6, help="pairs per LST batch")
+    parser.add_argument("--eval-batch-size", type=int, default=8,
+                        help="lst_fast's images per forward-only call (small batches are fastest on CPU)")
     parser.add_argument("--workers", type=int, default=2, help="lst_fast's data loading processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
@@ -95,7 +97,7 @@ def main() -> None:
     device = torch.device(args.device)
     config = SweepConfig(
         model="embedded", data="embedded", num_samples=6, rounds=args.rounds, batch_size=args.batch_size,
-        iters=args.iters, min_conf=0.0,
+        eval_batch_size=args.eval_batch_size, iters=args.iters, min_conf=0.0,
     )
     model, normalizer = models.load_embedded()
     model, normalizer = model.to(device), normalizer.to(device)
@@ -115,6 +117,7 @@ def main() -> None:
     pairs = theirs["pairs"]
     row = {
         "model": "embedded", "pairs": pairs, "rounds": args.rounds, "iters": args.iters, "batch": args.batch_size,
+        "eval_batch": args.eval_batch_size, "workers": args.workers,
         "original_style_s": round(seconds["original_style"], 2), "lst_fast_s": round(seconds["lst_fast"], 2),
         "original_style_pairs_per_s": round(pairs / seconds["original_style"], 3),
         "lst_fast_pairs_per_s": round(pairs / seconds["lst_fast"], 3),

@@ -110,6 +110,8 @@ def _add_sweep(commands) -> None:
     lst.add_argument("--rounds", type=_at_least_one, default=d.rounds, help="random derangements (pairs per image)")
     lst.add_argument("--batch-size", type=_at_least_one, default=d.batch_size,
                      help="pairs per LST batch = sources per work unit")
+    lst.add_argument("--eval-batch-size", type=_at_least_one, default=d.eval_batch_size,
+                     help="images per forward-only model call (image selection, triangle statistics)")
     lst.add_argument("--iters", type=_positive_int, default=d.iters, help="LST iterations")
     lst.add_argument("--step-size", type=float, default=d.step_size, help="LST step size")
     lst.add_argument("--pthresh", type=float, default=d.pthresh, help="largest allowed drop of source confidence")
@@ -203,7 +205,8 @@ def _sweep(args) -> int:
         model=args.model, data=args.data, checkpoint=args.checkpoint, num_classes=args.num_classes,
         pretrained=args.pretrained, mean=None if args.mean is None else tuple(args.mean),
         std=None if args.std is None else tuple(args.std), image_size=args.image_size,
-        num_samples=args.num_samples, rounds=args.rounds, batch_size=args.batch_size, iters=args.iters,
+        num_samples=args.num_samples, rounds=args.rounds, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, iters=args.iters,
         step_size=args.step_size, pthresh=args.pthresh, adv_step_size=args.adv_step_size,
         init_noise=args.init_noise, min_conf=args.min_conf, seed=args.seed, triangles=not args.no_triangles,
         log_every=args.log_every, save_images=args.save_images,

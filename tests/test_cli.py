@@ -133,3 +133,33 @@ def test_plot_of_an_empty_sweep_is_an_error(image_folder, tiny_checkpoint, tmp_p
     capsys.readouterr()
     assert cli.main(["plot", str(out)]) == 2
     assert "has no finished LST unit yet" in capsys.readouterr().err
+
+
+def test_lpips_column_with_local_alexnet_weights(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    """LPIPS runs on given AlexNet weights (here a seeded random AlexNet's features: the values are meaningless,
+    the wiring is real); a folder that computes LPIPS cannot be continued where LPIPS cannot run."""
+    import torchvision
+
+    from lst_fast import data, metrics
+    from lst_fast.sweep.store import SweepStore
+
+    torch.manual_seed(0)
+    features = {k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")}
+    weights = tmp_path / "alexnet.pth"
+    torch.save(features, weights)
+    out = tmp_path / "sweep"
+    args = _tiny_sweep_args(image_folder, tiny_checkpoint, out, "--no-triangles")
+    args[args.index("--image-size") + 1] = "64"  # AlexNet needs more than 16x16 pixels
+    assert cli.main(args + ["--lpips-weights", str(weights)]) == 0
+    assert "Note" not in capsys.readouterr().out
+
+    unit = load_file(str(out / "units" / "traverse" / "r000_b00000.safetensors"))
+    selection = SweepStore(out).read_json(out / "selection.json")
+    dataset = data.open_dataset(f"folder:{image_folder}", image_size=64)
+    tgts = torch.stack([dataset[selection["indices"][t]][0] for t in unit["target"].tolist()])
+    torch.testing.assert_close(unit["dist_lpips"], metrics.lpips(unit["outputs"], tgts, weights=weights))
+    assert cli.main(["tables", str(out)]) == 0
+    assert "| LPIPS |" in capsys.readouterr().out
+
+    assert cli.main(args) == 2  # the same sweep, now without the weights
+    assert "computes ['lpips'], which cannot run here" in capsys.readouterr().err

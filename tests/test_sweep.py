@@ -33,7 +33,7 @@ def sweep_config(image_folder, tiny_checkpoint, **overrides) -> SweepConfig:
     path, arch, classes = tiny_checkpoint
     settings = dict(
         model=arch, checkpoint=str(path), num_classes=classes, data=f"folder:{image_folder}", image_size=32,
-        num_samples=N, rounds=ROUNDS, batch_size=BATCH, iters=ITERS, min_conf=0.0, seed=7,
+        num_samples=N, rounds=ROUNDS, batch_size=BATCH, eval_batch_size=50, iters=ITERS, min_conf=0.0, seed=7,
     )
     return SweepConfig(**(settings | overrides))
 
@@ -44,6 +44,7 @@ def cli_args(config: SweepConfig, out) -> list[str]:
         "sweep", "--model", config.model, "--checkpoint", config.checkpoint, "--num-classes", str(config.num_classes),
         "--data", config.data, "--image-size", str(config.image_size), "--num-samples", str(config.num_samples),
         "--rounds", str(config.rounds), "--batch-size", str(config.batch_size), "--iters", str(config.iters),
+        "--eval-batch-size", str(config.eval_batch_size),
         "--min-conf", str(config.min_conf), "--seed", str(config.seed), "--out", str(out), "--no-progress",
         "--workers", "1",
     ] + ([] if config.triangles else ["--no-triangles"])

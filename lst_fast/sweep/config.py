@@ -35,6 +35,7 @@ class SweepConfig:
     num_samples: int = 1000
     rounds: int = 5
     batch_size: int = 196
+    eval_batch_size: int = 128  # images per forward-only model call (image selection, triangle statistics)
     iters: int = 400
     step_size: float = 1e-2
     pthresh: float = 0.2
@@ -49,7 +50,7 @@ class SweepConfig:
 
     def checked(self) -> "SweepConfig":
         """This configuration after checking every field; raises ValueError/TypeError naming the field."""
-        for name in ("num_samples", "rounds", "batch_size"):
+        for name in ("num_samples", "rounds", "batch_size", "eval_batch_size"):
             _integer(name, getattr(self, name), minimum=1)
         for name in ("iters", "seed"):
             _integer(name, getattr(self, name), minimum=0)

@@ -34,28 +34,30 @@ def triangle_unit_stats(
     """Triangle statistics of a batch of sources for every pair of rounds (spec section 5).
 
     ``rounds[r]`` is the traversal unit of round r for these sources (its ``outputs`` and ``valid``). A
-    triangle is left out when either of its LST runs was invalid. Returns per-triangle tensors ``tri_*``
-    (with ``tri_source``, ``tri_round_a``, ``tri_round_b``) and per-source aggregates ``src_*``.
+    triangle is left out when either of its LST runs was invalid. All triangles go to the model together, so
+    points they share (the source, the edges towards an output) are evaluated once. Returns per-triangle
+    tensors ``tri_*`` (with ``tri_source``, ``tri_round_a``, ``tri_round_b``) and per-source aggregates
+    ``src_*`` (sources in increasing order).
     """
     from lst_fast import geometry
 
-    per_pair = []
-    for ra, rb in round_pairs:
-        keep = (rounds[ra]["valid"] & rounds[rb]["valid"]).to(srcs.device)
-        if not keep.any():
-            continue
-        out_a, out_b = (rounds[r]["outputs"].to(srcs.device)[keep] for r in (ra, rb))
-        stats = geometry.triangle_stats(
-            model, srcs[keep], out_a, out_b, labels[keep], normalizer=normalizer, n=grid, batch_size=batch_size
-        )
-        ids = sources.to(srcs.device)[keep]
-        per_pair.append({"source": ids, "round_a": torch.full_like(ids, ra), "round_b": torch.full_like(ids, rb),
-                         **{k: stats[k] for k in TRIANGLE_KEYS}})
-    keys = ("source", "round_a", "round_b") + TRIANGLE_KEYS
-    if not per_pair:  # no valid triangle in this batch
-        empty = {k: torch.zeros(0, dtype=torch.long if k in keys[:3] else torch.float32) for k in keys}
-        return {f"tri_{k}": v for k, v in empty.items()} | {f"src_{k}": empty[k] for k in ("source",) + TRIANGLE_KEYS}
-    triangles = {k: torch.cat([p[k] for p in per_pair]) for k in keys}
-    per_source = geometry.aggregate_triangles({k: triangles[k] for k in TRIANGLE_KEYS}, triangles["source"])
-    per_source["source"] = torch.unique(triangles["source"], sorted=True)  # the order aggregate_triangles uses
-    return {f"tri_{k}": v for k, v in triangles.items()} | {f"src_{k}": v for k, v in per_source.items()}
+    device, batch = srcs.device, len(srcs)
+    outputs = torch.stack([r["outputs"] for r in rounds]).to(device)  # (R, B, C, H, W)
+    valid = torch.stack([r["valid"] for r in rounds]).to(device)  # (R, B)
+    first, second = (torch.tensor(rs, device=device).repeat_interleave(batch) for rs in zip(*round_pairs))
+    row = torch.arange(batch, device=device).repeat(len(round_pairs))
+    keep = valid[first, row] & valid[second, row]
+    first, second, row = first[keep], second[keep], row[keep]
+    ids = sources.to(device)[row]
+    triangles = {"source": ids, "round_a": first, "round_b": second}
+    if len(row) == 0:  # no valid triangle in this batch
+        empty = torch.zeros(0, dtype=torch.float32)
+        return {f"tri_{k}": v for k, v in triangles.items()} | {f"tri_{k}": empty for k in TRIANGLE_KEYS} | {
+            "src_source": ids} | {f"src_{k}": empty for k in TRIANGLE_KEYS}
+    stats = geometry.triangle_stats(
+        model, srcs[row], outputs[first, row], outputs[second, row], labels[row], normalizer=normalizer, n=grid,
+        batch_size=batch_size,
+    )
+    per_source = geometry.aggregate_triangles({k: stats[k] for k in TRIANGLE_KEYS}, ids)
+    per_source["source"] = torch.unique(ids, sorted=True)  # the order aggregate_triangles uses
+    return {f"tri_{k}": v for k, v in (triangles | stats).items()} | {f"src_{k}": v for k, v in per_source.items()}

@@ -76,7 +76,7 @@ def plot_sweep(
         ))
     conf = geometry.interpolation_conf(
         model, images(first.sources[:k]), saved["outputs"][:k].to(device), labels, normalizer=normalizer,
-        batch_size=config.batch_size,
+        batch_size=config.eval_batch_size,
     )
     written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
     written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device)
@@ -101,7 +101,7 @@ def _triangles(config, plan, unit_tensors, images, model, normalizer, count, fig
         out_a, out_b = first["outputs"][keep].to(device), second["outputs"][keep].to(device)
         conf = geometry.triangle_confidences(
             model, srcs, out_a, out_b, first["labels"][keep].to(device), normalizer=normalizer,
-            n=config.triangle_grid, batch_size=config.batch_size,
+            n=config.triangle_grid, batch_size=config.eval_batch_size,
         )
         for row, i in enumerate(keep):
             source = unit.sources[i]

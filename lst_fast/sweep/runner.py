@@ -61,7 +61,8 @@ class SweepReport:
         if self.waiting:
             parts.append(f"{len(self.waiting)} triangle units still waiting for other processes")
         done = ", ".join(f"{kind} {a}/{b}" for kind, (a, b) in self.finished.items())
-        return "; ".join(parts) + f". Sweep {self.out_dir}: {done} units finished."
+        note = f" Note: {self.note}" if self.note else ""
+        return "; ".join(parts) + f". Sweep {self.out_dir}: {done} units finished.{note}"
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _selection(store, config, model, normalizer, dataset, device, workers) -> Se
     if stored is None:
         selection = select_images(
             model, normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
-            seed=config.seed, batch_size=config.batch_size, device=device, workers=workers,
+            seed=config.seed, batch_size=config.eval_batch_size, device=device, workers=workers,
         )
         _check_selection(selection, config)
         stored = store.write_json_once(store.selection_path, selection.to_json())
@@ -379,7 +380,7 @@ def _triangle_unit(sweep: _Sweep, unit: TriangleUnit, srcs: torch.Tensor) -> dic
     return evaluation.triangle_unit_stats(
         sweep.model, sweep.normalizer, srcs, rounds, unit.round_pairs, torch.tensor(unit.sources),
         sweep.labels(unit.sources).to(sweep.device), grid=sweep.config.triangle_grid,
-        batch_size=sweep.config.batch_size,
+        batch_size=sweep.config.eval_batch_size,
     )
 
 
