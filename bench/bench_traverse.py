@@ -3,31 +3,38 @@
 Everything is measured in one process, on the same model, batch and inputs, with interleaved repeats:
 - floor_contiguous: one forward+backward of the caller's model w.r.t. the input (contiguous memory);
 - floor_channels_last: the same with model and input in channels_last;
-- floor_tuned: the same for the model copy the fast path runs (batch norm folded, best memory format);
+- floor_tuned: the same for the model copy the fast path runs (batch norm folded, best memory format,
+  the row's precision);
 - reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short),
   so set-up costs cancel.
 The fast path's "extra" is fast / floor_tuned - 1: the fraction of each iteration spent outside the
-model's forward+backward. Peak memory is measured per loop for a short run.
+model's forward+backward. Peak memory is measured per loop for a short run (above what was in use before;
+the fast path's includes building its tuned model copy).
 
     python bench/bench_traverse.py                       # offline EfficientNet-Lite0, batch 8, CPU
     python bench/bench_traverse.py --models embedded resnet50 --batch-sizes 1 8 32
+    python bench/bench_traverse.py --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 --cuda-graphs
+The reference loop always runs in fp32 without graphs: it is the original's cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine_info, peak_memory_mb, write_results  # noqa: E402
+from common import cuda_peak_memory_mb, interleaved_medians, machine_info, rss_peak_of, write_results  # noqa: E402
 
 import lst_fast  # noqa: E402
-from lst_fast import data, models, reference  # noqa: E402
+from lst_fast import data, models, reference, tuning  # noqa: E402
 from lst_fast.traversal import input_grad_loss  # noqa: E402
-from lst_fast.tuning import resolve_memory_format, tuned_model  # noqa: E402
+from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast  # noqa: E402
 
 
 def load(name: str, device: torch.device):
@@ -44,38 +51,77 @@ def make_batch(batch: int, device: torch.device):
     return srcs, srcs.roll(1, 0)
 
 
-def floor_fn(model, normalizer, srcs, labels, layout):
+def floor_fn(model, normalizer, srcs, labels, layout, precision="fp32"):
     x = srcs.contiguous(memory_format=layout)
+    forward = with_autocast(lambda x_in: model(normalizer(x_in)), autocast_context(precision, srcs.device))
 
     def forward_backward():
         x_in = x.detach().requires_grad_(True)
-        torch.autograd.grad(input_grad_loss(model(normalizer(x_in)), labels), x_in)
+        torch.autograd.grad(input_grad_loss(forward(x_in), labels), x_in)
 
     return forward_backward
 
 
-def bench_config(name, batch, device, args) -> dict:
+def setup(name, batch, device):
     model, normalizer = load(name, device)
     srcs, tgts = make_batch(batch, device)
     with torch.no_grad():
         labels = model(normalizer(srcs)).argmax(1)
+    return model, normalizer, srcs, tgts, labels
+
+
+def run_loop(which: str, model, normalizer, srcs, tgts, labels, iters: int, **options):
+    traverse = reference.traverse_batch if which == "reference" else lst_fast.traverse_batch
+    return traverse(model, srcs, tgts, labels, iters=iters, normalizer=normalizer, **options)
+
+
+def peak_memory_mb(which: str, name, batch, precision, cuda_graphs, device, setup_args) -> float:
+    """Peak memory of a 2-iteration run of one loop, above the memory in use after set-up, in MiB.
+
+    CUDA: the caching allocator's peak in this process. CPU: the peak resident set of a fresh process,
+    reset after set-up (/proc/self/clear_refs), with glibc's dynamic mmap threshold pinned so that freed
+    tensors go back to the OS and the resident set tracks live memory.
+    """
+    options = dict(precision=precision, cuda_graphs=cuda_graphs) if which == "fast" else {}
+    if device.type == "cuda":
+        tuning.clear_cache()  # the fast path's peak includes building its tuned model copy
+        return cuda_peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device)
+    command = [sys.executable, __file__, "--peak-of", which, "--models", name, "--batch-sizes", str(batch),
+               "--precisions", precision, "--device", str(device)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def print_peak_rss(which: str, args) -> None:
+    """Child process of peak_memory_mb: set up, reset the peak, run one loop, print its peak in MiB."""
+    device = torch.device(args.device)
+    setup_args = setup(args.models[0], args.batch_sizes[0], device)
+    options = dict(precision=args.precisions[0]) if which == "fast" else {}
+    gc.collect()
+    print(rss_peak_of(lambda: run_loop(which, *setup_args, iters=2, **options)))
+
+
+def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
+    setup_args = setup(name, batch, device)
+    model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
-    common = dict(normalizer=normalizer, generator=None)
+    fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
 
-    def loop(traverse, iters):
-        return lambda: traverse(model, srcs, tgts, labels, iters=iters, **common)
+    def loop(which, iters, **options):
+        return lambda: run_loop(which, *setup_args, iters=iters, **options)
 
     fns = {
         "floor_contiguous": floor_fn(model, normalizer, srcs, labels, torch.contiguous_format),
         "floor_channels_last": floor_fn(
             model.to(memory_format=torch.channels_last), normalizer, srcs, labels, torch.channels_last
         ),
-        "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout),
-        "reference_short": loop(reference.traverse_batch, args.short),
-        "reference_long": loop(reference.traverse_batch, args.long),
-        "fast_short": loop(lst_fast.traverse_batch, args.short),
-        "fast_long": loop(lst_fast.traverse_batch, args.long),
+        "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout, precision),
+        "reference_short": loop("reference", args.short),
+        "reference_long": loop("reference", args.long),
+        "fast_short": loop("fast", args.short, **fast_options),
+        "fast_long": loop("fast", args.long, **fast_options),
     }
     model.to(memory_format=torch.contiguous_format)  # the loops must see the caller's usual model
     t = interleaved_medians(fns, device, args.repeats)
@@ -86,15 +132,17 @@ def bench_config(name, batch, device, args) -> dict:
     row = {
         "model": name,
         "batch": batch,
-        "precision": "fp32",
+        "precision": precision,
+        "cuda_graphs": cuda_graphs,
         **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
         "speedup_vs_reference": round(ms["reference"] / ms["fast"], 3),
         "reference_over_floor": round(ms["reference"] / ms["floor_contiguous"], 3),
         "fast_over_best_floor": round(ms["fast"] / best_floor, 3),
         "fast_extra_over_tuned_floor": round(ms["fast"] / ms["floor_tuned"] - 1, 3),
-        "reference_peak_mb": round(peak_memory_mb(loop(reference.traverse_batch, 2), device), 1),
-        "fast_peak_mb": round(peak_memory_mb(loop(lst_fast.traverse_batch, 2), device), 1),
     }
+    for which in ("reference", "fast"):
+        peak = peak_memory_mb(which, name, batch, precision, cuda_graphs, device, setup_args)
+        row[f"{which}_peak_mb"] = round(peak, 1)
     row["memory_ratio"] = round(row["fast_peak_mb"] / max(row["reference_peak_mb"], 1e-9), 3)
     return row
 
@@ -106,14 +154,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == name]
-        ax.plot([r["batch"] for r in mine], [r["speedup_vs_reference"] for r in mine], "o-", label=name)
+    for variant in dict.fromkeys((r["model"], r["precision"], r["cuda_graphs"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["precision"], r["cuda_graphs"]) == variant]
+        label = f"{variant[0]} {variant[1]}" + (" +graphs" if variant[2] else "")
+        ax.plot([r["batch"] for r in mine], [r["speedup_vs_reference"] for r in mine], "o-", label=label)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("speed-up over the reference loop")
-    ax.set_title(f"lst_fast.traverse_batch vs reference ({rows[0]['precision']}, {path.stem.split('_')[-1]})")
+    ax.set_title(f"lst_fast.traverse_batch vs reference loop ({path.stem.split('_')[-1]})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -124,20 +173,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["embedded"], help="'embedded' or timm names (random init)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8])
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--cuda-graphs", action="store_true", help="also measure the fast path with CUDA graphs")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--short", type=int, default=1, help="iterations of the short run")
     parser.add_argument("--long", type=int, default=5, help="iterations of the long run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="suffix for the result files")
+    parser.add_argument("--peak-of", choices=["reference", "fast"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_of:
+        return print_peak_rss(args.peak_of, args)
     device = torch.device(args.device)
     rows = []
+    graph_options = [False, True] if args.cuda_graphs else [False]
     for name in args.models:
         for batch in args.batch_sizes:
-            row = bench_config(name, batch, device, args)
-            print(row, flush=True)
-            rows.append(row)
-    stem = args.out / f"traverse_{device.type}"
+            for precision in args.precisions:
+                for graphs in graph_options:
+                    row = bench_config(name, batch, precision, graphs, device, args)
+                    print(row, flush=True)
+                    rows.append(row)
+    stem = args.out / f"traverse_{device.type}{'_' + args.tag if args.tag else ''}"
     write_results(rows, machine_info(device), stem)
     plot(rows, stem.with_suffix(".png"))
     print(f"wrote {stem}.json/.csv/.png")

@@ -41,20 +41,19 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: i
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak memory of one call of ``fn`` above what was in use before it, in MiB.
+def cuda_peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak CUDA memory of one call of ``fn`` above what was allocated before it, in MiB."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
-    CUDA: the caching allocator's peak. CPU: the process's peak resident set (VmHWM), which Linux lets us
-    reset by writing 5 to /proc/self/clear_refs.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    Path("/proc/self/clear_refs").write_text("5")
+
+def rss_peak_of(fn: Callable[[], object]) -> float:
+    """Peak resident memory of one call of ``fn`` above the resident memory before it, in MiB (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     before = _status_kb("VmRSS")
     fn()
     return (_status_kb("VmHWM") - before) / 1024
@@ -68,7 +67,7 @@ def _status_kb(field: str) -> int:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {
+    info: dict = {
         "date": date.today().isoformat(),
         "commit": _git_commit(),
         "torch": torch.__version__,

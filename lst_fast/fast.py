@@ -9,11 +9,14 @@ rejected rows, and never runs the reference's second forward. The step itself is
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.tuning import resolve_memory_format, tuned_model
+from lst_fast.graphs import run_static
+from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast
 from lst_fast.traversal import (
     PathRecorder,
     TraversalResult,
@@ -23,6 +26,7 @@ from lst_fast.traversal import (
     make_forward,
     model_guard,
     prepare,
+    probabilities,
 )
 
 
@@ -45,6 +49,8 @@ def traverse_batch(
     progress: bool = False,
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
+    precision: str = "fp32",
+    cuda_graphs: bool = False,
     backend: str | None = None,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
@@ -67,23 +73,32 @@ def traverse_batch(
         fold_batchnorm: fold eval-mode batch norms into the convolutions before them (faster; changes
             results only by float rounding). Memory format and folding are applied to a private copy of the
             model, cached until its weights change; the caller's model is never modified.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` to run the model under autocast (the step and
+            the images stay in the images' dtype; accept/reject uses the autocast confidences).
+        cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
     """
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
     )
-    if not isinstance(fold_batchnorm, bool):
-        raise TypeError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
+    for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
+        raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        forward = problem.forward
-        if len(problem.labels):
+        autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
+        if len(problem.labels) == 0:  # no valid rows: nothing to traverse
+            x, final_conf, accepted, recorder = problem.x0, problem.init_conf, problem.labels * 0, PathRecorder(settings)
+        else:
             runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
-            forward = make_forward(runner, normalizer)
-        x, final_conf, accepted, recorder = _run(problem, forward, settings, layout, step_backend, progress)
+            forward = with_autocast(make_forward(runner, normalizer), autocast)
+            run = functools.partial(run_static, capture=True) if cuda_graphs else _run
+            x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
 
@@ -91,8 +106,6 @@ def _run(problem, forward, settings, layout, backend, progress):
     y, p0 = problem.labels, problem.init_conf
     recorder = PathRecorder(settings)
     accepted = torch.zeros_like(y)
-    if len(y) == 0:  # no valid rows: nothing to traverse
-        return problem.x0, p0, accepted, recorder
 
     # Buffers for the whole run: the iterate, the candidate (they swap roles), the target and the correction.
     x = problem.x0.contiguous(memory_format=layout)
@@ -130,14 +143,14 @@ def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool
     """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as x)."""
     if not need_grad:
         with torch.no_grad():
-            return forward(x).softmax(1), None
+            return probabilities(forward(x)), None
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x_in)
         (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
         grad = grad.contiguous(memory_format=_layout_of(x))
-    return logits.detach().softmax(1), grad
+    return probabilities(logits), grad
 
 
 def _layout_of(x: torch.Tensor) -> torch.memory_format:

@@ -234,6 +234,12 @@ def checked_logits(forward, x: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax of detached logits, in at least float32 (autocast logits may be bf16/fp16)."""
+    logits = logits.detach()
+    return logits.softmax(1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
 def class_conf(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Softmax probability of ``labels`` per row."""
     return F.softmax(logits, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)

@@ -57,6 +57,12 @@ class TunedModelCache:
 _cache = TunedModelCache()
 
 
+def clear_cache() -> None:
+    """Forget every tuned model copy (frees their memory; the next call rebuilds them)."""
+    global _cache
+    _cache = TunedModelCache()
+
+
 def tuned_model(
     model: nn.Module,
     examples: torch.Tensor,
@@ -99,3 +105,30 @@ def _tuned_copy(model, examples, normalizer, layout, fold: bool) -> nn.Module:
         )
         return model
     return tuned
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(precision: str, device: torch.device, *, cache: bool = True):
+    """An autocast context for ``precision`` on ``device``, or None for full precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return None
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision={precision!r} needs autocast, which is not available on {device.type}")
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+
+
+def with_autocast(forward, autocast):
+    """``forward`` run under ``autocast()`` (unchanged if autocast is None)."""
+    if autocast is None:
+        return forward
+
+    def autocast_forward(x):
+        with autocast():
+            return forward(x)
+
+    return autocast_forward
