@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sweep(commands) -> None:
     from lst_fast.sweep.config import PHASES, SweepConfig
+    from lst_fast.tuning import PRECISIONS
 
     d = SweepConfig()
     sweep = commands.add_parser(
@@ -119,6 +120,8 @@ def _add_sweep(commands) -> None:
                      help="adversarial correction step (0: off)")
     lst.add_argument("--init-noise", type=_non_negative_float, default=d.init_noise,
                      help="start-point noise width (default: 4/255)")
+    lst.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,
+                     help="model precision during LST (bf16/fp16: autocast; the images stay fp32)")
     lst.add_argument("--min-conf", type=_non_negative_float, default=d.min_conf,
                      help="keep only images classified with confidence above this (0: any correct image)")
     lst.add_argument("--seed", type=_positive_int, default=d.seed,
@@ -140,6 +143,7 @@ def _add_sweep(commands) -> None:
     run.add_argument("--lpips-weights", metavar="PATH",
                      help="torchvision AlexNet weights for LPIPS (default: torch hub cache; without them a new sweep "
                      "leaves LPIPS out and says so)")
+    run.add_argument("--cuda-graphs", action="store_true", help="replay each LST iteration as a CUDA graph (GPUs only)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -208,12 +212,14 @@ def _sweep(args) -> int:
         num_samples=args.num_samples, rounds=args.rounds, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, iters=args.iters,
         step_size=args.step_size, pthresh=args.pthresh, adv_step_size=args.adv_step_size,
-        init_noise=args.init_noise, min_conf=args.min_conf, seed=args.seed, triangles=not args.no_triangles,
+        init_noise=args.init_noise, precision=args.precision, min_conf=args.min_conf, seed=args.seed,
+        triangles=not args.no_triangles,
         log_every=args.log_every, save_images=args.save_images,
     )
     report = run_sweep(
         config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
         wait=args.wait, progress=not args.no_progress, lpips_weights=args.lpips_weights,
+        cuda_graphs=args.cuda_graphs,
     )
     print(report.summary(), flush=True)
     return EXIT_WAITING if report.waiting else 0

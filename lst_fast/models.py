@@ -108,7 +108,9 @@ def load_timm(
             f"unknown model {name!r}: not 'embedded', not 'robustbench:NAME' and not a timm model name "
             "(see timm.list_models())"
         )
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)

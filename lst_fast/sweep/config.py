@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lst_fast.data import parse_data_spec
 from lst_fast.models import file_sha256
+from lst_fast.tuning import PRECISIONS
 
 PHASES = ("all", "traverse", "triangles")
 
@@ -41,6 +42,7 @@ class SweepConfig:
     pthresh: float = 0.2
     adv_step_size: float = 2e-3
     init_noise: float = 4 / 255
+    precision: str = "fp32"  # or "bf16"/"fp16": the model runs under autocast during LST
     min_conf: float = 0.6
     seed: int = 0
     triangles: bool = True
@@ -75,6 +77,8 @@ class SweepConfig:
                 f"num_samples must be >= 2 and > rounds (every source needs a different target in each round), "
                 f"got num_samples={self.num_samples}, rounds={self.rounds}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std must be given together")
         if self.num_classes is not None:
@@ -136,7 +140,9 @@ def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> Sw
 def differences(stored: dict, current: dict) -> list[str]:
     """Human-readable list of the fields in which two configurations differ."""
     keys = sorted(set(stored) | set(current))
-    return [f"{k}: {stored.get(k)!r} in the folder, {current.get(k)!r} now" for k in keys if stored.get(k) != current.get(k)]
+    return [
+        f"{k}: {stored.get(k)!r} in the folder, {current.get(k)!r} now" for k in keys if stored.get(k) != current.get(k)
+    ]
 
 
 def _integer(name: str, value, *, minimum: int) -> int:

@@ -121,7 +121,8 @@ def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, 
         model, images(unit.sources), images(unit.targets), saved["labels"].to(device), normalizer=normalizer,
         step_size=config.step_size, iters=config.iters, pthresh=config.pthresh, adv_step_size=config.adv_step_size,
         init_noise=config.init_noise, log_every=config.path_log_every, record=("widths",),
-        width_num_vecs=width_vecs, generator=unit_generator(config.seed, unit.round, unit.batch, device),
+        width_num_vecs=width_vecs, precision=config.precision,
+        generator=unit_generator(config.seed, unit.round, unit.batch, device),
     )
     return [
         plots.path_width_plot(

@@ -81,6 +81,7 @@ class _Sweep:
     config_id: str
     distances: tuple[str, ...]
     lpips_weights: str | None
+    cuda_graphs: bool
     workers: int
     progress: bool
 
@@ -103,6 +104,7 @@ def run_sweep(
     poll: float = 2.0,
     progress: bool = True,
     lpips_weights: str | Path | None = None,
+    cuda_graphs: bool = False,
 ) -> SweepReport:
     """Run (or resume) this process's share of a sweep into ``out_dir``.
 
@@ -117,6 +119,7 @@ def run_sweep(
         poll: seconds between looks at the folder while waiting.
         lpips_weights: local AlexNet weights for LPIPS (default: torch's hub cache); without them a new sweep
             leaves LPIPS out (noted in the manifest and the tables).
+        cuda_graphs: run LST as replayed CUDA graphs (CUDA devices only; see :func:`lst_fast.traverse_batch`).
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -124,7 +127,9 @@ def run_sweep(
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if not wait >= 0 or not poll > 0:
         raise ValueError(f"wait must be >= 0 and poll > 0 seconds, got wait={wait!r}, poll={poll!r}")
-    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress, lpips_weights)
+    if not isinstance(cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress, lpips_weights, cuda_graphs)
     traverse = _traverse_phase(sweep) if phase in ("all", "traverse") else PhaseCount()
     triangles, waiting = PhaseCount(), []
     if config.triangles and phase in ("all", "triangles"):
@@ -139,10 +144,12 @@ def run_sweep(
 # Set-up: every check happens here, before any unit is computed
 
 
-def _open(config, out_dir, device, workers, shard, progress, lpips_weights) -> tuple[_Sweep, str | None]:
+def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda_graphs):
     config = config.checked()
     placement = resolve_placement(parse_shard(shard) if isinstance(shard, str) else shard)
     device = resolve_device(device, placement)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
     store = SweepStore(out_dir)
     stored = store.read_json(store.manifest_path)
     dataset = data.open_dataset(config.data, image_size=config.image_size)
@@ -173,7 +180,8 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights) -> t
         config=config, store=store, placement=placement, device=device, dataset=dataset, model=model,
         normalizer=normalizer, selection=selection, plan=make_plan(len(selection), config.rounds,
         config.batch_size, config.seed), config_id=manifest["config_id"], distances=tuple(distances),
-        lpips_weights=None if lpips_weights is None else str(lpips_weights), workers=workers, progress=progress,
+        lpips_weights=None if lpips_weights is None else str(lpips_weights), cuda_graphs=cuda_graphs,
+        workers=workers, progress=progress,
     )
     return sweep, manifest.get("note")
 
@@ -244,7 +252,9 @@ def _check_selection(selection: Selection, config: SweepConfig) -> None:
             "needs a different target in each round); use fewer rounds or more data"
         )
     if len(selection) < config.num_samples:
-        tqdm.write(f"lst-fast sweep: only {len(selection)} of the {config.num_samples} requested images are {criterion}")
+        tqdm.write(
+            f"lst-fast sweep: only {len(selection)} of the {config.num_samples} requested images are {criterion}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,6 +316,7 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
         step_size=config.step_size, iters=config.iters, pthresh=config.pthresh,
         adv_step_size=config.adv_step_size, init_noise=config.init_noise, log_every=config.path_log_every,
         record=("conf",), generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device),
+        precision=config.precision, cuda_graphs=sweep.cuda_graphs,
     )
     distances = evaluation.pair_distances(result.images, tgts, sweep.distances, sweep.lpips_weights)
     if config.save_images:
@@ -374,7 +385,9 @@ def _triangle_unit(sweep: _Sweep, unit: TriangleUnit, srcs: torch.Tensor) -> dic
     try:
         rounds = [sweep.store.read_unit("traverse", n.name, sweep.config_id) for n in unit.needs]
     except CorruptUnit as err:
-        raise CorruptUnit(f"{err}. Run the process that owns it again (it redoes corrupt units), then this one") from None
+        raise CorruptUnit(
+            f"{err}. Run the process that owns it again (it redoes corrupt units), then this one"
+        ) from None
     if any(r is None for r in rounds):
         raise RuntimeError(f"traversal units of triangle unit {unit.name} disappeared while it was computed")
     return evaluation.triangle_unit_stats(
