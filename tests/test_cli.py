@@ -97,7 +97,7 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
     assert header.startswith("model,data,pairs,pairs_total,l2_mean,l2_std")
 
 
-def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys):
+def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys, one_thread):
     """The offline EfficientNet on the bundled photos: only chelsea (p 0.38), coffee (0.95) and rocket (0.32)
     have a top-1 confidence above 0.3 (see shared/EMBEDDED.md)."""
     out = tmp_path / "embedded"
