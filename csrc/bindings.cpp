@@ -1,4 +1,4 @@
-// pybind11 bindings for the CPU kernels. Tensors cross the boundary as raw data pointers plus strides (in
+// pybind11 bindings for the CPU kernels. Tensors cross the boundary as raw data pointers plus row strides (in
 // elements), checked on the Python side (lst_fast/ops.py), so this module does not link against libtorch.
 #include <pybind11/pybind11.h>
 
@@ -31,15 +31,16 @@ void lst_step(const std::string& dtype, std::uintptr_t x, int64_t x_stride, std:
               int64_t delta_stride, std::uintptr_t out, int64_t out_stride, int64_t n_rows, int64_t row_len,
               double step_size, double adv_step_size) {
   if (n_rows < 0 || row_len < 0) throw std::invalid_argument("n_rows and row_len must be >= 0");
+  const lst_fast::DType type = lst_fast::parse_dtype(dtype);
   py::gil_scoped_release release;
-  if (dtype == "float32") {
+  if (type == lst_fast::DType::kFloat32) {
     step_typed<float>(x, x_stride, grad, grad_stride, tgt, tgt_stride, delta, delta_stride, out, out_stride,
                       n_rows, row_len, step_size, adv_step_size);
-  } else if (dtype == "float64") {
+  } else if (type == lst_fast::DType::kFloat64) {
     step_typed<double>(x, x_stride, grad, grad_stride, tgt, tgt_stride, delta, delta_stride, out, out_stride,
                        n_rows, row_len, step_size, adv_step_size);
   } else {
-    throw std::invalid_argument("lst_step: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+    throw std::invalid_argument("lst_step (CPU): dtype must be 'float32' or 'float64', got '" + dtype + "'");
   }
 }
 

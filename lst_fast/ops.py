@@ -3,52 +3,148 @@
 ``lst_step_`` is what the fast loop calls every iteration: it writes the candidate into a buffer that the
 caller owns and updates the correction buffer in place, so no memory is allocated per iteration.
 ``lst_step`` is the functional form. ``lst_step_torch_`` is the pure-PyTorch twin that every kernel is
-tested against.
+tested against. Backends (``available_backends`` lists those that run here, the default first):
+
+* ``"triton"``: Triton, on GPU (on CPU only under ``TRITON_INTERPRET=1``, for tests);
+* ``"cuda"``: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found at install time);
+* ``"cpp"``: C++/OpenMP on CPU (``lst_fast._C``);
+* ``"torch"``: the pure-PyTorch twin, any device, dtype and layout.
+
+Both forms are registered as torch ops, ``torch.ops.lst_fast.lst_step_`` (mutates ``delta`` and ``out``)
+and ``torch.ops.lst_fast.lst_step`` (functional), with fake implementations, so they work under
+``torch.compile`` and CUDA graph capture. Called eagerly, the Python functions below skip the op
+dispatcher (measured ~20 us per call on CPU, as much as a whole small GPU step) and run the same code.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import math
+from typing import Callable, Optional
+
 import torch
 
-from lst_fast._extension import cpu_kernels
+from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
+from lst_fast.traversal import _check_number
 
-BACKENDS = ("cpp", "torch")
-_KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
-
-
-def rows(t: torch.Tensor) -> torch.Tensor:
-    """View a (B, C, H, W) tensor as (B, D) rows without copying, for contiguous or channels_last memory."""
-    if t.is_contiguous():
-        return t.view(t.shape[0], -1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(t.shape[0], -1)
-    raise ValueError(
-        f"expected a contiguous or channels_last tensor, got shape {tuple(t.shape)} with strides {t.stride()}"
-    )
+BACKENDS = ("triton", "cuda", "cpp", "torch")
+# Element orders of a row, as the dims of a (B, ...) tensor from the innermost (fastest) outwards.
+ROW_ORDERS = ("contiguous", "channels_last")
 
 
-def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:
-    """Backends that can run ``lst_step`` on ``device`` (for ``dtype`` if given) here, fastest first."""
-    device = torch.device(device)
-    found = []
-    if device.type == "cpu" and (dtype is None or dtype in _KERNEL_DTYPES) and cpu_kernels() is not None:
-        found.append("cpp")
-    found.append("torch")
+# ---------------------------------------------------------------------------------------------------------
+# Row layout
+
+
+def row_orders(t: torch.Tensor) -> set[str]:
+    """Element orders (of ROW_ORDERS) in which every row ``t[i]`` is stored densely; dim 0 may have any
+    stride (e.g. every other row of a batch). Pure Python on sizes and strides: this runs every step."""
+    shape, stride, dim = t.shape, t.stride(), t.dim()
+    found = set()
+    if _dense(shape, stride, range(dim - 1, 0, -1)):
+        found.add("contiguous")
+    if dim == 4 and _dense(shape, stride, (1, 3, 2)):
+        found.add("channels_last")
     return found
 
 
-def default_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    return available_backends(device, dtype)[0]
+def _dense(shape, stride, dims_inner_first) -> bool:
+    expected = 1
+    for d in dims_inner_first:
+        if shape[d] != 1 and stride[d] != expected:
+            return False
+        expected *= shape[d]
+    return True
+
+
+def rows(t: torch.Tensor, order: str | None = None) -> torch.Tensor:
+    """View a (B, ...) tensor as (B, D) rows without copying, with elements in ``order`` (default: the order
+    the tensor is dense in, contiguous first)."""
+    orders = row_orders(t)
+    if order is None:
+        order = "contiguous" if "contiguous" in orders else next(iter(orders), None)
+    if order not in orders:
+        raise ValueError(
+            "expected a tensor whose rows are dense in contiguous or channels_last order, got shape "
+            f"{tuple(t.shape)} with strides {t.stride()}"
+        )
+    if order == "channels_last":
+        t = t.permute(0, 2, 3, 1)
+    return t.as_strided((t.shape[0], math.prod(t.shape[1:])), (t.stride(0), 1))
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-row dot products <a[i], b[i]> of two (B, ...) tensors, without a temporary when layouts match."""
-    if a.stride() == b.stride():
-        try:
-            return torch.linalg.vecdot(rows(a), rows(b))
-        except ValueError:
-            pass  # rows are not dense: take the general path below
+    common = row_orders(a) & row_orders(b)
+    if common:
+        order = "contiguous" if "contiguous" in common else "channels_last"
+        return torch.linalg.vecdot(rows(a, order), rows(b, order))
     return (a * b).flatten(1).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backends
+
+
+def _triton_step():
+    """The Triton backend module, or None when triton cannot be imported."""
+    try:
+        return importlib.import_module("lst_fast.kernels.triton_step")
+    except ImportError:
+        return None
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:
+    """Backends that can run ``lst_step`` on ``device`` (for ``dtype`` if given) here, the default first.
+
+    The order is triton, cuda, cpp, torch. On CPU the Triton interpreter (``TRITON_INTERPRET=1``) is listed
+    last: it is for tests, not speed.
+    """
+    return list(_available(torch.device(device), dtype))
+
+
+_available_cache: dict[tuple[torch.device, torch.dtype | None], tuple[str, ...]] = {}
+
+
+def _available(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ...]:
+    """Memoised: what is built and which devices exist does not change while the process runs."""
+    key = (device, dtype)
+    if key not in _available_cache:
+        _available_cache[key] = _find_backends(device, dtype)
+    return _available_cache[key]
+
+
+def _find_backends(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ...]:
+    triton_step = _triton_step() if device.type == "cuda" or triton_interpreting() else None
+    triton_ok = triton_step is not None and triton_step.supports(device, dtype)
+    found = []
+    if triton_ok and device.type == "cuda":
+        found.append("triton")
+    if cuda_step.supports(device, dtype):
+        found.append("cuda")
+    if cpp_step.supports(device, dtype):
+        found.append("cpp")
+    found.append("torch")
+    if triton_ok and device.type == "cpu":
+        found.append("triton")
+    return tuple(found)
+
+
+def default_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    return _available(torch.device(device), dtype)[0]
+
+
+def _kernel(backend: str) -> Callable:
+    if backend == "cpp":
+        return cpp_step.lst_step_cpp_
+    if backend == "cuda":
+        return cuda_step.lst_step_cuda_
+    return _triton_step().lst_step_triton_
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The step
 
 
 def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size: float) -> None:
@@ -71,28 +167,122 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size
     out.clamp_(0, 1)
 
 
-def _check_step_args(x, grad, tgt, delta, out) -> None:
-    named = {"x": x, "grad": grad, "tgt": tgt, "out": out}
-    if delta is not None:
-        named["delta"] = delta
+def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, backend: str) -> None:
+    """Run a checked step (``delta`` None: correction off) on ``backend``."""
+    _plan_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)(x, grad, tgt, delta, out)
+
+
+def _plan_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> Callable[..., None]:
+    """Check the memory layout of a step whose arguments are checked; return ``launch(x, grad, tgt, delta, out)``
+    that runs it, valid for any later call with tensors of the same addresses, shapes, strides and dtypes."""
+    if x.numel() == 0:
+        return _nothing_to_do
+    tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
+    _check_no_overlap(tensors)
+    if backend == "torch":
+        return functools.partial(_twin_launch, step_size=step_size, adv_step_size=adv_step_size)
+    _check_common_row_order(tensors, backend)
+    kernel, n_rows, row_len = _kernel(backend), x.shape[0], x.numel() // x.shape[0]
+
+    def launch(x, grad, tgt, delta, out):
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                kernel(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+        else:
+            kernel(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)
+
+    return launch
+
+
+def _nothing_to_do(*tensors) -> None:
+    return None
+
+
+def _twin_launch(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> None:
+    lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+
+
+# Steps planned before, by call signature. The fast loop calls lst_step_ with the same few buffers every
+# iteration; looking its plan up here skips the argument and layout checks (~20 us of Python per call, as much
+# as a whole step on a GPU at CIFAR size).
+_planned: dict[tuple, Callable[..., None]] = {}
+_MAX_PLANNED = 64
+
+
+def _call_signature(tensors, step_size, adv_step_size, backend) -> tuple | None:
+    """Everything the checks depend on, or None when an argument is not a tensor (the checks will say so)."""
+    try:
+        described = tuple(
+            None if t is None else (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, type(t)) for t in tensors
+        )
+    except AttributeError:
+        return None
+    return described + (step_size, type(step_size), adv_step_size, type(adv_step_size), backend)
+
+
+def _check_common_row_order(tensors: dict[str, torch.Tensor], backend: str) -> None:
+    """The kernels index every tensor as ``data_ptr + row * stride(0) + i``: rows must be dense and store
+    their elements in the same order in every tensor."""
+    common = set(ROW_ORDERS)
+    for name, t in tensors.items():
+        orders = row_orders(t)
+        if not orders:
+            raise ValueError(
+                f"backend {backend!r} needs {name} with dense rows (contiguous or channels_last), got strides "
+                f"{t.stride()} for shape {tuple(t.shape)}; call .contiguous() first or use backend='torch'"
+            )
+        common &= orders
+    if not common:
+        layouts = {name: sorted(row_orders(t)) for name, t in tensors.items()}
+        raise ValueError(
+            f"backend {backend!r} needs x, grad, tgt, delta and out in one memory format, got {layouts}"
+        )
+
+
+def _check_no_overlap(tensors: dict[str, torch.Tensor]) -> None:
+    start, end = _byte_span(tensors["out"])
+    for name, t in tensors.items():
+        if name != "out":
+            other_start, other_end = _byte_span(t)
+            if start < other_end and other_start < end:
+                raise ValueError(f"out must not overlap {name}: the step reads {name} while it writes out")
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> tuple[float, float, str]:
+    """Argument checks shared by both forms; returns the checked step sizes and the resolved backend."""
+    named = {"x": x, "grad": grad, "tgt": tgt} | ({} if delta is None else {"delta": delta})
+    named |= {} if out is None else {"out": out}
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, ...) with at least one dimension per row, got {tuple(x.shape)}")
+    for name, t in named.items():
         if t.shape != x.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of x {tuple(x.shape)}")
         if t.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, expected the device of x ({x.device})")
-        if t.dim() < 1 or t.shape[0] == 0:
-            raise ValueError(f"{name} must be a non-empty batch, got shape {tuple(t.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-
-
-def _same_layout(tensors) -> bool:
-    strides = {t.stride() for t in tensors}
-    return len(strides) == 1
+    step_size = _check_number("step_size", step_size, minimum=0, strict=True)
+    adv_step_size = _check_number("adv_step_size", adv_step_size, minimum=0)
+    available = _available(x.device, x.dtype)
+    if backend is None:
+        return step_size, adv_step_size, available[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    if backend not in available:
+        raise ValueError(
+            f"backend {backend!r} cannot run {x.dtype} on {x.device} here; available: {list(available)}"
+        )
+    return step_size, adv_step_size, backend
 
 
 def lst_step_(
@@ -108,42 +298,93 @@ def lst_step_(
 ) -> None:
     """In-place LST step: ``out = clamp(x + step_size * v_perp - delta_new, 0, 1)``, ``delta`` updated.
 
-    ``delta=None`` or ``adv_step_size == 0`` means the adversarial correction is off.
+    ``delta=None`` or ``adv_step_size == 0`` means the adversarial correction is off (``delta`` untouched).
+    ``backend`` None picks the fastest available one for x's device and dtype.
     """
-    _check_step_args(x, grad, tgt, delta, out)
-    if adv_step_size < 0 or step_size <= 0:
-        raise ValueError(f"need step_size > 0 and adv_step_size >= 0, got {step_size} and {adv_step_size}")
-    if delta is not None and adv_step_size == 0:
-        delta = None
-    backend = backend or default_backend(x.device, x.dtype)
-    if backend not in available_backends(x.device, x.dtype):
-        raise ValueError(
-            f"backend {backend!r} cannot run {x.dtype} on {x.device} here; "
-            f"available: {available_backends(x.device, x.dtype)}"
-        )
-    if backend == "cpp":
-        _lst_step_cpp(x, grad, tgt, delta, out, step_size, adv_step_size)
-    else:
-        lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+    if torch.compiler.is_compiling():
+        step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        delta = None if adv_step_size == 0 else delta
+        torch.ops.lst_fast.lst_step_(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        return
+    signature = _call_signature((x, grad, tgt, delta, out), step_size, adv_step_size, backend)
+    try:
+        launch = _planned.get(signature)
+    except TypeError:  # an unhashable setting: the checks below reject it
+        signature, launch = None, None
+    if launch is None:
+        step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+        launch = _plan_step(x, grad, tgt, delta if adv_step_size > 0 else None, out, step_size, adv_step_size, backend)
+        if signature is not None:
+            if len(_planned) >= _MAX_PLANNED:
+                _planned.clear()
+            _planned[signature] = launch
+    launch(x, grad, tgt, delta if adv_step_size > 0 else None, out)
 
 
-def _lst_step_cpp(x, grad, tgt, delta, out, step_size, adv_step_size) -> None:
-    tensors = [x, grad, tgt, out] + ([delta] if delta is not None else [])
-    for t in tensors:
-        rows(t)  # raises for layouts whose rows are not dense
-    if not _same_layout(tensors):
-        raise ValueError("backend 'cpp' needs x, grad, tgt, delta and out in the same memory format")
-    cpu_kernels().lst_step(
-        _KERNEL_DTYPES[x.dtype],
-        x.data_ptr(), x.stride(0), grad.data_ptr(), grad.stride(0), tgt.data_ptr(), tgt.stride(0),
-        0 if delta is None else delta.data_ptr(), 0 if delta is None else delta.stride(0),
-        out.data_ptr(), out.stride(0), x.shape[0], x[0].numel(), float(step_size), float(adv_step_size),
-    )
+def lst_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: torch.Tensor | None,
+    *,
+    step_size: float,
+    adv_step_size: float,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Functional LST step: returns ``(candidate, new_delta)`` and leaves the inputs untouched.
+
+    ``delta=None`` means a zero correction. With the correction off (``adv_step_size == 0``) ``new_delta`` is
+    a copy of ``delta`` (zeros if None).
+    """
+    step_size, adv_step_size, backend = _check_step(x, grad, tgt, delta, None, step_size, adv_step_size, backend)
+    if torch.compiler.is_compiling():
+        return torch.ops.lst_fast.lst_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
+    return _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
 
 
-def lst_step(x, grad, tgt, delta, *, step_size: float, adv_step_size: float, backend: str | None = None):
-    """Functional LST step: returns ``(candidate, new_delta)`` and leaves the inputs untouched."""
+def _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend):
     new_delta = torch.zeros_like(x) if delta is None else delta.clone()
     out = torch.empty_like(x)
-    lst_step_(x, grad, tgt, new_delta, out, step_size=step_size, adv_step_size=adv_step_size, backend=backend)
+    _run_step(x, grad, tgt, new_delta if adv_step_size > 0 else None, out, step_size, adv_step_size, backend)
     return out, new_delta
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library registration: the same code as opaque ops with fake implementations for tracing.
+
+
+@torch.library.custom_op("lst_fast::lst_step_", mutates_args=("delta", "out"))
+def _lst_step_inplace_op(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: Optional[torch.Tensor],
+    out: torch.Tensor,
+    step_size: float,
+    adv_step_size: float,
+    backend: str,
+) -> None:
+    _run_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend)
+
+
+@_lst_step_inplace_op.register_fake
+def _(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> None:
+    return None
+
+
+@torch.library.custom_op("lst_fast::lst_step", mutates_args=())
+def _lst_step_op(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    tgt: torch.Tensor,
+    delta: Optional[torch.Tensor],
+    step_size: float,
+    adv_step_size: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _functional_step(x, grad, tgt, delta, step_size, adv_step_size, backend)
+
+
+@_lst_step_op.register_fake
+def _(x, grad, tgt, delta, step_size, adv_step_size, backend):
+    return torch.empty_like(x), torch.empty_like(x if delta is None else delta)

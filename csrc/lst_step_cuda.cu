@@ -1,0 +1,282 @@
+// The fused Level Set Traversal step on an NVIDIA GPU (spec section 2, steps 2-5); see lst_step.h.
+//
+// Two launch plans, picked by row length (the same as the Triton kernels in lst_fast/kernels/triton_step.py):
+//  * rows of at most kThreads * 32 elements: one thread block per row keeps the row in registers, so every
+//    tensor is read and written exactly once;
+//  * longer rows: stage 1 reduces blocks of kSplitChunk elements to partial sums (a workspace of doubles the
+//    caller allocates), stage 2 adds up its row's partial sums in a fixed order (deterministic, no atomics)
+//    and updates the block. The batch is processed in groups of rows small enough that stage 2 re-reads
+//    x, grad and tgt from the L2 cache rather than from memory.
+// Loads are converted to acc_t (float, or double for double inputs); results are stored in the input type.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "lst_step.h"
+
+namespace lst_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kSplitItems = 16;
+constexpr int64_t kSplitChunk = int64_t{kThreads} * kSplitItems;
+constexpr int kMaxGridY = 65535;
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t load(const T* p) {
+  return static_cast<acc_t>(*p);
+}
+template <>
+__device__ __forceinline__ float load<float, __half>(const __half* p) {
+  return __half2float(*p);
+}
+template <>
+__device__ __forceinline__ float load<float, __nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ T store_as(acc_t v) {
+  return static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ __half store_as<__half, float>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t clamp(acc_t v, acc_t lo, acc_t hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+template <typename T>
+struct Args {
+  const T* x;
+  const T* grad;
+  const T* tgt;
+  T* delta;  // nullptr: correction off
+  T* out;
+  int64_t sx, sg, st, sd, so;  // row strides in elements
+  int64_t row_len;
+  double step, adv;
+};
+
+// Sum of (a, b) over the thread block; the result is valid in every thread.
+template <typename acc_t>
+__device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b) {
+  __shared__ acc_t shared[2][kWarps];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    a += __shfl_xor_sync(0xffffffffu, a, offset);
+    b += __shfl_xor_sync(0xffffffffu, b, offset);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    shared[0][warp] = a;
+    shared[1][warp] = b;
+  }
+  __syncthreads();
+  a = 0;
+  b = 0;
+  for (int w = 0; w < kWarps; ++w) {  // fixed order: the same sums in every thread and every run
+    a += shared[0][w];
+    b += shared[1][w];
+  }
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t projection_coef(acc_t grad_v, acc_t grad_grad) {
+  return grad_grad > acc_t(0) ? grad_v / grad_grad : acc_t(0);
+}
+
+// Elementwise part of the step for element i of a row; updates delta in place when the correction is on.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void update_element(const Args<T>& a, int64_t row, int64_t i, acc_t x, acc_t g,
+                                               acc_t t, acc_t coef) {
+  const acc_t v_perp = (t - x) - g * coef;
+  acc_t c = x + static_cast<acc_t>(a.step) * v_perp;
+  if (a.delta != nullptr) {
+    const acc_t adv = static_cast<acc_t>(a.adv);
+    T* d = a.delta + row * a.sd + i;
+    const acc_t new_d = clamp(load<acc_t>(d) + static_cast<acc_t>(a.adv / 2) * g, -adv, adv);
+    *d = store_as<T>(new_d);
+    c -= new_d;
+  }
+  a.out[row * a.so + i] = store_as<T>(clamp(c, acc_t(0), acc_t(1)));
+}
+
+// One block per row, ITEMS elements per thread held in registers (row_len <= kThreads * ITEMS).
+template <typename T, int ITEMS>
+__global__ void __launch_bounds__(kThreads) row_step_kernel(Args<T> a) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t row = blockIdx.x;
+  acc_t xs[ITEMS], gs[ITEMS], ts[ITEMS];
+  acc_t grad_v = 0, grad_grad = 0;
+#pragma unroll
+  for (int k = 0; k < ITEMS; ++k) {
+    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    const bool in = i < a.row_len;
+    xs[k] = in ? load<acc_t>(a.x + row * a.sx + i) : acc_t(0);
+    gs[k] = in ? load<acc_t>(a.grad + row * a.sg + i) : acc_t(0);
+    ts[k] = in ? load<acc_t>(a.tgt + row * a.st + i) : acc_t(0);
+    grad_v += gs[k] * (ts[k] - xs[k]);
+    grad_grad += gs[k] * gs[k];
+  }
+  block_sum2(grad_v, grad_grad);
+  const acc_t coef = projection_coef(grad_v, grad_grad);
+#pragma unroll
+  for (int k = 0; k < ITEMS; ++k) {
+    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    if (i < a.row_len) update_element(a, row, i, xs[k], gs[k], ts[k], coef);
+  }
+}
+
+// Split plan, stage 1: partial sums of chunk blockIdx.x of row row0 + blockIdx.y.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) partial_dots_kernel(Args<T> a, int64_t row0, double* partials,
+                                                                int64_t n_chunks) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t row = row0 + blockIdx.y;
+  const int64_t begin = int64_t{blockIdx.x} * kSplitChunk;
+  acc_t grad_v = 0, grad_grad = 0;
+#pragma unroll
+  for (int k = 0; k < kSplitItems; ++k) {
+    const int64_t i = begin + int64_t{k} * kThreads + threadIdx.x;
+    if (i < a.row_len) {
+      const acc_t x = load<acc_t>(a.x + row * a.sx + i), g = load<acc_t>(a.grad + row * a.sg + i),
+                  t = load<acc_t>(a.tgt + row * a.st + i);
+      grad_v += g * (t - x);
+      grad_grad += g * g;
+    }
+  }
+  block_sum2(grad_v, grad_grad);
+  if (threadIdx.x == 0) {
+    partials[(row * n_chunks + blockIdx.x) * 2] = grad_v;
+    partials[(row * n_chunks + blockIdx.x) * 2 + 1] = grad_grad;
+  }
+}
+
+// Split plan, stage 2: rows of the group in reverse order, so the rows stage 1 read last (still in L2) go first.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) split_update_kernel(Args<T> a, int64_t row0, int64_t group_rows,
+                                                                const double* partials, int64_t n_chunks) {
+  using acc_t = typename Acc<T>::type;
+  const int64_t row = row0 + group_rows - 1 - blockIdx.y;
+  double grad_v = 0, grad_grad = 0;
+  for (int64_t c = 0; c < n_chunks; ++c) {  // every thread sums the same values in the same order
+    grad_v += partials[(row * n_chunks + c) * 2];
+    grad_grad += partials[(row * n_chunks + c) * 2 + 1];
+  }
+  const acc_t coef = static_cast<acc_t>(projection_coef(grad_v, grad_grad));
+  const int64_t begin = int64_t{blockIdx.x} * kSplitChunk;
+#pragma unroll
+  for (int k = 0; k < kSplitItems; ++k) {
+    const int64_t i = begin + int64_t{k} * kThreads + threadIdx.x;
+    if (i < a.row_len) {
+      update_element(a, row, i, load<acc_t>(a.x + row * a.sx + i), load<acc_t>(a.grad + row * a.sg + i),
+                     load<acc_t>(a.tgt + row * a.st + i), coef);
+    }
+  }
+}
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("lst_step_cuda: ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+template <typename T, int ITEMS>
+void launch_rows(const Args<T>& a, int64_t n_rows, cudaStream_t stream) {
+  row_step_kernel<T, ITEMS><<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(a);
+}
+
+// Rows per group of the split plan: x, grad and tgt of a group take at most half of the L2 cache.
+template <typename T>
+int64_t split_group_rows(int64_t row_len, int64_t n_rows) {
+  int device = 0, l2_bytes = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
+  const int64_t row_bytes = 3 * row_len * static_cast<int64_t>(sizeof(T));
+  const int64_t rows = std::max<int64_t>(1, int64_t{l2_bytes} / 2 / row_bytes);
+  return std::min<int64_t>({rows, n_rows, kMaxGridY});
+}
+
+template <typename T>
+void step(const Args<T>& a, int64_t n_rows, double* workspace, cudaStream_t stream) {
+  if (n_rows == 0 || a.row_len == 0) return;
+  const int64_t n = a.row_len;
+  if (n <= kThreads * 4) {
+    launch_rows<T, 4>(a, n_rows, stream);
+  } else if (n <= kThreads * 8) {
+    launch_rows<T, 8>(a, n_rows, stream);
+  } else if (n <= kThreads * 16) {
+    launch_rows<T, 16>(a, n_rows, stream);
+  } else if (n <= kThreads * 32) {
+    launch_rows<T, 32>(a, n_rows, stream);
+  } else {
+    if (workspace == nullptr) throw std::invalid_argument("lst_step_cuda: long rows need a workspace");
+    const int64_t n_chunks = (n + kSplitChunk - 1) / kSplitChunk;
+    const int64_t group = split_group_rows<T>(n, n_rows);
+    for (int64_t row0 = 0; row0 < n_rows; row0 += group) {
+      const int64_t rows = std::min(group, n_rows - row0);
+      const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(rows));
+      partial_dots_kernel<T><<<grid, kThreads, 0, stream>>>(a, row0, workspace, n_chunks);
+      split_update_kernel<T><<<grid, kThreads, 0, stream>>>(a, row0, rows, workspace, n_chunks);
+    }
+  }
+  check(cudaGetLastError(), "kernel launch");
+}
+
+}  // namespace
+
+std::string lst_step_cuda_runtime_error() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
+  return count > 0 ? "" : "no CUDA device found";
+}
+
+int64_t lst_step_cuda_workspace(int64_t n_rows, int64_t row_len) {
+  if (row_len <= kThreads * 32) return 0;
+  return n_rows * ((row_len + kSplitChunk - 1) / kSplitChunk) * 2;
+}
+
+void lst_step_cuda(DType dtype, const void* x, int64_t x_stride, const void* grad, int64_t grad_stride,
+                   const void* tgt, int64_t tgt_stride, void* delta, int64_t delta_stride, void* out,
+                   int64_t out_stride, RowBatch shape, double step_size, double adv_step_size, double* workspace,
+                   void* stream) {
+  auto run = [&](auto* type_tag) {
+    using T = std::remove_pointer_t<decltype(type_tag)>;
+    const Args<T> a{static_cast<const T*>(x), static_cast<const T*>(grad), static_cast<const T*>(tgt),
+                    static_cast<T*>(delta), static_cast<T*>(out), x_stride, grad_stride, tgt_stride,
+                    delta_stride, out_stride, shape.row_len, step_size, adv_step_size};
+    step<T>(a, shape.n_rows, workspace, static_cast<cudaStream_t>(stream));
+  };
+  switch (dtype) {
+    case DType::kFloat32: run(static_cast<float*>(nullptr)); break;
+    case DType::kFloat64: run(static_cast<double*>(nullptr)); break;
+    case DType::kFloat16: run(static_cast<__half*>(nullptr)); break;
+    case DType::kBFloat16: run(static_cast<__nv_bfloat16*>(nullptr)); break;
+  }
+}
+
+}  // namespace lst_fast

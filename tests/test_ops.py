@@ -1,0 +1,459 @@
+"""The fused LST step: every backend against a float64 transcription of the spec and the PyTorch twin.
+
+Backends that run here are tested on every device found (CPU always; CUDA when present, which is how
+bench/gpu_check.sh runs the Triton and CUDA kernels). The Triton kernels are also run on CPU through the
+Triton interpreter, in a subprocess (``test_interpreter_run``), since TRITON_INTERPRET must be set before
+triton is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lst_fast import ops
+from lst_fast.kernels import cuda_step, triton_interpreting
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKEND_CASES = [(device, backend) for device in DEVICES for backend in ops.available_backends(device)]
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+STEP, ADV = 0.3, 2e-3  # a large step so that many candidates clip at 0 and 1
+
+# Odd sizes, batch 1, rows that are not a multiple of any block size; rows long enough to reach the C++
+# kernel's split-row plan (>= 16,384 elements with 1 or 3 rows) and the GPU kernels' split plans (> 8,192
+# elements; the Triton interpreter runs them too, in a few seconds).
+SHAPES = [(1, 3, 5, 7), (4, 3, 32, 32), (3, 2, 9, 1), (6, 1, 1, 1), (1, 3, 128, 128), (3, 3, 77, 75)]
+
+
+def expected_step(x, grad, tgt, delta, step_size, adv_step_size):
+    """The spec's step (section 2, steps 2-5) in float64, written independently of lst_fast.ops."""
+    x, grad, tgt = (t.double() for t in (x, grad, tgt))
+    delta = torch.zeros_like(x) if delta is None else delta.double()
+    v = tgt - x
+    grad_v = (grad * v).flatten(1).sum(1)
+    grad_grad = (grad * grad).flatten(1).sum(1)
+    coef = torch.where(grad_grad > 0, grad_v / torch.where(grad_grad > 0, grad_grad, 1.0), 0.0)
+    v_perp = v - grad * coef.view(-1, *[1] * (x.dim() - 1))
+    if adv_step_size == 0:  # correction off: delta is neither used nor changed
+        return torch.clamp(x + step_size * v_perp, 0, 1), delta
+    delta = torch.clamp(delta + adv_step_size / 2 * grad, -adv_step_size, adv_step_size)
+    return torch.clamp(x + step_size * v_perp - delta, 0, 1), delta
+
+
+def make_inputs(shape, *, dtype=torch.float32, device="cpu", channels_last=False, seed=0):
+    """Random x, grad, tgt, delta with a zero-gradient row and a correction that often saturates. Pixels where
+    x and tgt are both 0 (or both 1) and delta is +ADV (-ADV) push candidates below 0 (above 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64)
+    tgt = torch.rand(shape, generator=gen, dtype=torch.float64)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    delta = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * ADV
+    for start, value in ((0, 0.0), (3, 1.0)):
+        x.view(-1)[start::7] = value
+        tgt.view(-1)[start::7] = value
+        delta.view(-1)[start::7] = ADV if value == 0 else -ADV
+    if shape[0] > 1:
+        grad[1] = 0.0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return [t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format) for t in (x, grad, tgt, delta)]
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Largest error allowed against the float64 result: a few roundings of values of magnitude ~1."""
+    return {torch.float64: 1e-12, torch.float32: 5e-6, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+
+def assert_close(got, expected, atol):
+    assert got.shape == expected.shape
+    err = (got.double() - expected.double()).abs().max().item()
+    assert err <= atol, f"max abs error {err:.3g} > {atol:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numerics
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("adv", [ADV, 0.0], ids=["correction", "no_correction"])
+def test_backend_matches_spec_and_twin(device, backend, shape, channels_last, adv):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last needs 4-D tensors")
+    x, grad, tgt, delta = make_inputs(shape, device=device, channels_last=channels_last)
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, adv)
+    if x[0].numel() >= 32:
+        assert (exp_cand == 0).any() and (exp_cand == 1).any(), "the inputs must exercise clipping at 0 and 1"
+
+    delta_buf, out = delta.clone(), torch.empty_like(x)
+    ops.lst_step_(x, grad, tgt, delta_buf, out, step_size=STEP, adv_step_size=adv, backend=backend)
+    assert_close(out, exp_cand, tolerance(x.dtype))
+    assert_close(delta_buf, exp_delta, tolerance(x.dtype))
+    if adv == 0:
+        assert torch.equal(delta_buf, delta), "with the correction off delta must stay untouched"
+    assert out.stride() == x.stride()
+
+    twin_delta, twin_out = delta.clone(), torch.empty_like(x)
+    ops.lst_step_torch_(x, grad, tgt, twin_delta, twin_out, step_size=STEP, adv_step_size=adv)
+    assert_close(out, twin_out, 2e-6)
+    assert_close(delta_buf, twin_delta, 1e-9)
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_hand_computed_step(device, backend):
+    # Row 0: v = (0.5, 0), g = (1, 1): <g,v> = 0.5, <g,g> = 2, v_perp = (0.25, -0.25);
+    #   delta = clamp((0.05, 0.05), -0.1, 0.1); cand = (0.5 + 0.4 * 0.25 - 0.05, 0.5 - 0.1 - 0.05).
+    # Row 1: zero gradient, so v_perp = v = (0.5, -0.5) and delta stays 0.2 -> clamped to 0.1;
+    #   cand = clamp((0.5 + 0.2 - 0.1, 0.9 - 0.2 - 0.1)) = (0.6, 0.6).
+    x = torch.tensor([[0.5, 0.5], [0.5, 0.9]], device=device)
+    grad = torch.tensor([[1.0, 1.0], [0.0, 0.0]], device=device)
+    tgt = torch.tensor([[1.0, 0.5], [1.0, 0.4]], device=device)
+    delta = torch.tensor([[0.0, 0.0], [0.2, 0.2]], device=device)
+    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=0.4, adv_step_size=0.1, backend=backend)
+    assert_close(cand, torch.tensor([[0.55, 0.35], [0.6, 0.6]]), 1e-6)
+    assert_close(new_delta, torch.tensor([[0.05, 0.05], [0.1, 0.1]]), 1e-7)
+    assert torch.equal(delta, torch.tensor([[0.0, 0.0], [0.2, 0.2]], device=device)), "inputs left untouched"
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_functional_form_without_delta(device, backend):
+    x, grad, tgt, _ = make_inputs((3, 3, 6, 6), device=device)
+    cand, new_delta = ops.lst_step(x, grad, tgt, None, step_size=STEP, adv_step_size=ADV, backend=backend)
+    exp_cand, exp_delta = expected_step(x, grad, tgt, None, STEP, ADV)
+    assert_close(cand, exp_cand, tolerance(x.dtype))
+    assert_close(new_delta, exp_delta, tolerance(x.dtype))
+    cand, new_delta = ops.lst_step(x, grad, tgt, None, step_size=STEP, adv_step_size=0.0, backend=backend)
+    assert torch.count_nonzero(new_delta) == 0
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_fast_loop_pattern_of_swapped_buffers(device, backend):
+    """As in lst_fast.fast: the same buffers every step, iterate and candidate swapping roles; the second
+    and later calls (whose checks are remembered) must compute with the buffers' current contents."""
+    x, grad, tgt, delta = make_inputs((3, 3, 8, 8), device=device)
+    exp_x, exp_delta = x.clone(), delta.clone()
+    cand = torch.empty_like(x)
+    for it in range(4):
+        grad.mul_(-1.0 if it % 2 else 0.5)  # a new gradient every step
+        ops.lst_step_(x, grad, tgt, delta, cand, step_size=STEP / 4, adv_step_size=ADV, backend=backend)
+        exp_x, exp_delta = expected_step(exp_x, grad, tgt, exp_delta, STEP / 4, ADV)
+        assert_close(cand, exp_x, 4 * tolerance(x.dtype))
+        assert_close(delta, exp_delta, tolerance(x.dtype))
+        x, cand = cand, x
+    with pytest.raises(ValueError, match="out must not overlap x"):  # same tensors, bad roles: checked again
+        ops.lst_step_(x, grad, tgt, delta, x, step_size=STEP, adv_step_size=ADV, backend=backend)
+    with pytest.raises(TypeError, match="step_size must be a real number"):
+        ops.lst_step_(x, grad, tgt, delta, cand, step_size=True, adv_step_size=ADV, backend=backend)
+
+
+def test_cpp_float64_matches_spec():
+    if "cpp" not in ops.available_backends("cpu", torch.float64):
+        pytest.skip("the C++ extension is not built")
+    x, grad, tgt, delta = make_inputs((3, 3, 40, 50), dtype=torch.float64)
+    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=STEP, adv_step_size=ADV, backend="cpp")
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    assert_close(cand, exp_cand, 1e-12)
+    assert_close(new_delta, exp_delta, 1e-15)
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_rows_sliced_from_a_larger_batch(device, backend):
+    """Row views keep any batch stride: every other row of a batch is a valid input and output."""
+    x, grad, tgt, delta = (t[::2] for t in make_inputs((6, 3, 5, 7), device=device))
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    out_storage = torch.zeros(6, 3, 5, 7, device=device)
+    out = out_storage[::2]
+    ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP, adv_step_size=ADV, backend=backend)
+    assert_close(out, exp_cand, tolerance(x.dtype))
+    assert_close(delta, exp_delta, tolerance(x.dtype))
+    assert torch.count_nonzero(out_storage[1::2]) == 0, "rows between the views must not be written"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16/fp16 kernels run on GPU only; no CUDA device")
+@pytest.mark.parametrize("backend", [b for b in ("triton", "cuda") if b in ops.available_backends("cuda")])
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (3, 3, 224, 224)], ids=["cifar", "imagenet"])
+def test_half_precision_on_gpu(backend, dtype, shape):
+    x, grad, tgt, delta = make_inputs(shape, dtype=dtype, device="cuda")
+    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=STEP, adv_step_size=ADV, backend=backend)
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    assert cand.dtype == dtype and new_delta.dtype == dtype
+    assert_close(cand, exp_cand, tolerance(dtype))
+    assert_close(new_delta, exp_delta, tolerance(dtype))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
+@pytest.mark.parametrize("backend", [b for b in ("triton", "cuda") if b in ops.available_backends("cuda")])
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (2, 3, 224, 224)], ids=["cifar", "imagenet"])
+def test_cuda_graph_capture(backend, shape):
+    x, grad, tgt, delta = make_inputs(shape, device="cuda")
+    out = torch.empty_like(x)
+    step = lambda: ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP, adv_step_size=ADV, backend=backend)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up (Triton compiles outside the capture)
+    torch.cuda.current_stream().wait_stream(stream)
+    x0, grad0, tgt0, delta0 = make_inputs(shape, device="cuda")
+    delta.copy_(delta0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    delta.copy_(delta0)
+    graph.replay()
+    graph.replay()  # two steps: delta is updated twice
+    _, once = expected_step(x0, grad0, tgt0, delta0, STEP, ADV)
+    exp_cand, exp_delta = expected_step(x0, grad0, tgt0, once, STEP, ADV)
+    torch.cuda.synchronize()
+    assert_close(out, exp_cand, tolerance(x.dtype))
+    assert_close(delta, exp_delta, tolerance(x.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launch plans of the Triton kernels, reached with small shapes by shrinking the block sizes
+
+
+@pytest.mark.skipif(
+    "triton" not in ops.available_backends("cpu") and not torch.cuda.is_available(),
+    reason="needs a GPU or TRITON_INTERPRET=1 (run on CPU by test_interpreter_run)",
+)
+@pytest.mark.parametrize("adv", [ADV, 0.0], ids=["correction", "no_correction"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_triton_split_plan(adv, channels_last):
+    from lst_fast.kernels import triton_step
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, grad, tgt, delta = make_inputs((3, 3, 7, 9), device=device, channels_last=channels_last)
+    out = torch.empty_like(x)
+    # 189 elements per row in blocks of 32: six full blocks and a partial one, summed in stage 2.
+    triton_step.lst_step_triton_(x, grad, tgt, delta if adv else None, out, 3, 189, STEP, adv,
+                                 max_row_block=16, split_block=32)
+    exp_cand, exp_delta = expected_step(*make_inputs((3, 3, 7, 9), device=device), STEP, adv)
+    assert_close(out, exp_cand, tolerance(x.dtype))
+    assert_close(delta, exp_delta, tolerance(x.dtype))
+
+
+TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _triton_signature(kernel, dtype: torch.dtype) -> dict[str, str]:
+    """Argument types as Triton's ahead-of-time compiler wants them: tensors of ``dtype`` (the partial sums
+    are float32), float scalars for the step sizes, int32 for sizes and strides."""
+    types = {}
+    for param in kernel.params:
+        if param.is_constexpr:
+            types[param.name] = "constexpr"
+        elif param.name == "part_ptr":
+            types[param.name] = "*fp32"
+        elif param.name.endswith("_ptr"):
+            types[param.name] = "*" + TRITON_TYPES[dtype]
+        else:
+            types[param.name] = "fp32" if param.name.endswith("step_size") else "i32"
+    return types
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernels_compile_for_gpus(arch):
+    """The Triton kernels compile to cubins for Ampere and Hopper without a GPU (the interpreter does not
+    check what the GPU compiler does), for every dtype and both launch plans."""
+    if triton_interpreting():
+        pytest.skip("the interpreter replaces the compiler")
+    triton = pytest.importorskip("triton", reason="triton is not installed")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lst_fast.kernels import triton_step
+
+    cases = [
+        (triton_step._row_step, {"HAS_DELTA": True, "BLOCK": 16}, 1),
+        (triton_step._row_step, {"HAS_DELTA": False, "BLOCK": triton_step.MAX_ROW_BLOCK}, 16),
+        (triton_step._partial_dots, {"BLOCK": triton_step.SPLIT_BLOCK}, 8),
+        (triton_step._update, {"HAS_DELTA": True, "BLOCK": triton_step.SPLIT_BLOCK, "BLOCKS_P2": 64}, 8),
+    ]
+    for dtype in TRITON_TYPES:
+        for kernel, constexprs, warps in cases:
+            source = ASTSource(kernel, _triton_signature(kernel, dtype), constexprs=constexprs)
+            compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            assert len(compiled.asm["cubin"]) > 0
+
+
+def test_interpreter_run():
+    """Run this file's Triton cases on CPU under the Triton interpreter, in a fresh process."""
+    if triton_interpreting():
+        pytest.skip("already inside the interpreter run")
+    pytest.importorskip("triton", reason="triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+           "triton and not interpreter_run"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    passed = re.search(r"(\d+) passed", done.stdout)
+    # the grid (6 shapes x 2 layouts x 2 corrections) and the other Triton tests
+    assert passed is not None and int(passed.group(1)) >= 30, done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library registration
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_opcheck(device, backend):
+    x, grad, tgt, delta = make_inputs((3, 3, 5, 7), device=device)
+    out = torch.empty_like(x)
+    torch.library.opcheck(torch.ops.lst_fast.lst_step.default, (x, grad, tgt, delta, STEP, ADV, backend))
+    torch.library.opcheck(torch.ops.lst_fast.lst_step.default, (x, grad, tgt, None, STEP, 0.0, backend))
+    torch.library.opcheck(torch.ops.lst_fast.lst_step_.default, (x, grad, tgt, delta, out, STEP, ADV, backend))
+
+
+def test_ops_match_eager_calls():
+    x, grad, tgt, delta = make_inputs((2, 3, 5, 7))
+    cand, new_delta = torch.ops.lst_fast.lst_step(x, grad, tgt, delta, STEP, ADV, "torch")
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    assert_close(cand, exp_cand, tolerance(x.dtype))
+    assert_close(new_delta, exp_delta, tolerance(x.dtype))
+
+
+def test_torch_compile():
+    """Both ops inside one compiled function (full graph, no graph break) give the eager results."""
+
+    def two_steps(x, grad, tgt, delta, out):
+        ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP, adv_step_size=ADV)
+        cand, new_delta = ops.lst_step(out, grad, tgt, delta, step_size=STEP, adv_step_size=ADV)
+        return cand * 0.5, new_delta
+
+    inputs = make_inputs((2, 3, 5, 7))
+    compiled_delta, eager_delta = inputs[3].clone(), inputs[3].clone()
+    compiled_out, eager_out = torch.empty_like(inputs[0]), torch.empty_like(inputs[0])
+    got = torch.compile(two_steps, fullgraph=True)(*inputs[:3], compiled_delta, compiled_out)
+    expected = two_steps(*inputs[:3], eager_delta, eager_out)
+    for g, e in zip(got + (compiled_delta, compiled_out), expected + (eager_delta, eager_out)):
+        assert torch.equal(g, e)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backends and row views
+
+
+def test_available_backends_here():
+    cpu = ops.available_backends("cpu")
+    assert cpu[0] == ("cpp" if "cpp" in cpu else "torch") and "torch" in cpu
+    assert ops.available_backends("cpu", torch.float16) == ["torch"] + (["triton"] if "triton" in cpu else [])
+    assert ops.default_backend("cpu", torch.float64) == cpu[0]
+    if not torch.cuda.is_available():
+        assert ops.available_backends("cuda") == ["torch"]
+        assert cuda_step.unavailable_reason() != ""
+
+
+def test_cuda_module_imports_without_gpu():
+    """The CUDA module (built when nvcc is present) links its runtime statically: it imports anywhere."""
+    module = cuda_step._module()
+    if module is None:
+        pytest.skip("lst_fast._C_cuda was not built here (no nvcc at install time)")
+    assert module.workspace_size(4, 3 * 32 * 32) == 0  # one block per row: no workspace
+    assert module.workspace_size(4, 3 * 224 * 224) == 4 * 37 * 2  # 37 chunks of 4,096 per row
+    if not torch.cuda.is_available():
+        assert module.runtime_error() != ""
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rows_views_share_memory(channels_last):
+    t = torch.rand(3, 4, 5, 6)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    r = ops.rows(t)
+    assert r.shape == (3, 120) and r.data_ptr() == t.data_ptr()
+    expected = t.permute(0, 2, 3, 1) if channels_last else t
+    assert torch.equal(r, expected.reshape(3, 120))
+    assert ops.row_orders(t) == ({"channels_last"} if channels_last else {"contiguous"})
+    assert ops.row_orders(torch.rand(2, 1, 3, 3)) == {"contiguous", "channels_last"}
+
+
+def test_row_dot_any_layout():
+    a, b = torch.rand(3, 4, 5, 6), torch.rand(3, 4, 5, 6)
+    expected = (a.double() * b.double()).flatten(1).sum(1)
+    got = ops.row_dot(a.contiguous(memory_format=torch.channels_last), b)
+    assert_close(got, expected, 1e-4)
+
+
+def test_twin_takes_any_layout():
+    x, grad, tgt, delta = make_inputs((2, 3, 6, 5))
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)  # same values, rows not dense in either order
+    out = torch.empty_like(x)
+    ops.lst_step_(xt, grad, tgt, delta, out, step_size=STEP, adv_step_size=ADV, backend="torch")
+    assert_close(out, exp_cand, tolerance(x.dtype))
+    assert_close(delta, exp_delta, tolerance(x.dtype))
+
+
+def test_empty_batch_is_a_no_op():
+    x = torch.empty(0, 3, 4, 4)
+    cand, new_delta = ops.lst_step(x, x, x, None, step_size=STEP, adv_step_size=ADV)
+    assert cand.shape == (0, 3, 4, 4) and new_delta.shape == (0, 3, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _args(**change):
+    x, grad, tgt, delta = make_inputs((2, 3, 4, 4))
+    args = dict(x=x, grad=grad, tgt=tgt, delta=delta, out=torch.empty_like(x), step_size=STEP,
+                adv_step_size=ADV, backend=None)
+    args.update(change)
+    return args
+
+
+def _step(args):
+    a = dict(args)
+    ops.lst_step_(a.pop("x"), a.pop("grad"), a.pop("tgt"), a.pop("delta"), a.pop("out"), **a)
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (dict(grad=torch.rand(2, 3, 4, 5)), ValueError, "grad has shape"),
+        (dict(tgt=torch.rand(2, 3, 4, 4, dtype=torch.float64)), TypeError, "tgt has dtype"),
+        (dict(delta=torch.rand(2, 3, 4, 4, device="meta")), ValueError, "delta is on meta"),
+        (dict(out=[0.0]), TypeError, "out must be a torch.Tensor"),
+        (dict(x=torch.zeros(2, 3, 4, 4, dtype=torch.int64)), TypeError, "x must be a floating-point"),
+        (dict(x=torch.rand(5)), ValueError, "x must have shape"),
+        (dict(step_size=-0.1), ValueError, "step_size must be > 0"),
+        (dict(step_size=0.0), ValueError, "step_size must be > 0"),
+        (dict(adv_step_size=-1e-3), ValueError, "adv_step_size must be >= 0"),
+        (dict(step_size=True), TypeError, "step_size must be a real number"),
+        (dict(adv_step_size=float("nan")), ValueError, "adv_step_size must be finite"),
+        (dict(backend="numba"), ValueError, "backend must be None or one of"),
+        (dict(backend="cuda"), ValueError, "backend 'cuda' cannot run"),
+    ],
+)
+def test_bad_arguments(change, error, match):
+    if change.get("backend") == "cuda" and torch.cuda.is_available():
+        pytest.skip("the cuda backend does not run on CPU tensors anyway; covered by the device message")
+    with pytest.raises(error, match=match):
+        _step(_args(**change))
+
+
+@pytest.mark.parametrize("backend", [b for b in ops.available_backends("cpu") if b != "torch"])
+def test_kernel_rejects_layouts_it_cannot_take(backend):
+    args = _args(backend=backend)
+    strided = args["x"].transpose(2, 3).contiguous().transpose(2, 3)
+    with pytest.raises(ValueError, match=r"x with dense rows .*contiguous\(\)"):
+        _step(dict(args, x=strided))
+    with pytest.raises(ValueError, match="one memory format"):
+        _step(dict(args, grad=args["grad"].contiguous(memory_format=torch.channels_last)))
+
+
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_out_must_not_overlap_inputs(backend):
+    args = _args(backend=backend)
+    with pytest.raises(ValueError, match="out must not overlap x"):
+        _step(dict(args, out=args["x"]))
+    with pytest.raises(ValueError, match="out must not overlap delta"):
+        _step(dict(args, out=args["delta"]))
