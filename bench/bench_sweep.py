@@ -9,8 +9,10 @@ style of the original evaluation script.
   worker processes, the fast loop, distances, checksummed unit files, batched triangle statistics.
 
 Both run the same pairs (the same derangements) with the same settings; pairs/s = pairs / wall time (model
-loading excluded), medians over interleaved repeats. Both results are also compared (mean L2 distance and
-mean triangle confidence) so the timing is of the same work.
+loading excluded), medians over interleaved repeats. On a shared, busy machine wall time mostly measures the
+neighbours, so the CPU time of this process (and of finished data loading workers) is reported as well; with
+``OMP_NUM_THREADS=1 --workers 0`` it is the work each side does. Both results are also compared (mean L2
+distance and mean triangle confidence) so the timing is of the same work.
 
     python bench/bench_sweep.py                 # offline EfficientNet-Lite0, 6 photos x 3 rounds, 20 iterations
     OMP_NUM_THREADS=1 python bench/bench_sweep.py --workers 1   # on a busy machine: no thread oversubscription
@@ -19,8 +21,11 @@ mean triangle confidence) so the timing is of the same work.
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import sys
 import tempfile
+import time
 from itertools import combinations
 from pathlib import Path
 
@@ -28,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, machine_info, write_results  # noqa: E402
+from common import machine_info, sync, write_results  # noqa: E402
 
 from lst_fast import data, geometry, metrics, models, reference, tables  # noqa: E402
 from lst_fast.sweep import SweepConfig, run_sweep  # noqa: E402
@@ -82,6 +87,26 @@ def lst_fast_sweep(config: SweepConfig, device, workers: int) -> dict:
         }
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (data loading workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def interleaved(fns: dict, device, repeats: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of each function, called in turn so that machine noise hits all alike."""
+    samples = {name: {"wall": [], "cpu": []} for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            fn()
+            sync(device)
+            samples[name]["wall"].append(time.perf_counter() - wall)
+            samples[name]["cpu"].append(cpu_seconds() - cpu)
+    return {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=20, help="LST iterations per pair")
@@ -106,22 +131,27 @@ def main() -> None:
     def run(name, fn):
         return lambda: answers.__setitem__(name, fn())
 
-    seconds = interleaved_medians(
+    seconds = interleaved(
         {
             "original_style": run("original_style", lambda: original_style(config, model, normalizer, device)),
             "lst_fast": run("lst_fast", lambda: lst_fast_sweep(config, device, args.workers)),
         },
-        device, args.repeats, warmup=0,
+        device, args.repeats,
     )
+    wall = {name: s["wall"] for name, s in seconds.items()}
+    cpu = {name: s["cpu"] for name, s in seconds.items()}
     ours, theirs = answers["lst_fast"], answers["original_style"]
     pairs = theirs["pairs"]
     row = {
         "model": "embedded", "pairs": pairs, "rounds": args.rounds, "iters": args.iters, "batch": args.batch_size,
         "eval_batch": args.eval_batch_size, "workers": args.workers,
-        "original_style_s": round(seconds["original_style"], 2), "lst_fast_s": round(seconds["lst_fast"], 2),
-        "original_style_pairs_per_s": round(pairs / seconds["original_style"], 3),
-        "lst_fast_pairs_per_s": round(pairs / seconds["lst_fast"], 3),
-        "speedup": round(seconds["original_style"] / seconds["lst_fast"], 3),
+        "threads": torch.get_num_threads(),
+        "original_style_s": round(wall["original_style"], 2), "lst_fast_s": round(wall["lst_fast"], 2),
+        "original_style_pairs_per_s": round(pairs / wall["original_style"], 3),
+        "lst_fast_pairs_per_s": round(pairs / wall["lst_fast"], 3),
+        "speedup": round(wall["original_style"] / wall["lst_fast"], 3),
+        "original_style_cpu_s": round(cpu["original_style"], 2), "lst_fast_cpu_s": round(cpu["lst_fast"], 2),
+        "speedup_cpu_time": round(cpu["original_style"] / cpu["lst_fast"], 3),
         "mean_l2_original_style": round(theirs["l2"], 5), "mean_l2_lst_fast": round(ours["l2"], 5),
         "triangle_mean_original_style": round(theirs["triangle_mean"], 5),
         "triangle_mean_lst_fast": round(ours["triangle_mean"], 5),

@@ -288,3 +288,6 @@ def test_tables_of_a_partial_sweep(reference_sweep, tmp_path):
     assert float(row[header.index("pairs_total")]) == N * ROUNDS
     latex = tables.render([out], "latex", which="2")
     assert r"\begin{tabular}" in latex and r"$\pm$" in latex
+    both = tables.render([out, expected], which="1").splitlines()  # one row per sweep folder
+    assert sum(line.startswith("| test_efficientnet |") for line in both) == 2
+    assert f"covers {N * ROUNDS} of {N * ROUNDS} pairs" in "\n".join(both)
