@@ -188,9 +188,9 @@ def load_model(
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a model name, got {name!r}")
-    if name == EMBEDDED or name.startswith(ROBUSTBENCH_PREFIX):
-        if checkpoint is not None or num_classes is not None:
-            raise ValueError(f"checkpoint and num_classes need a timm architecture name, not {name!r}")
+    if (name == EMBEDDED or name.startswith(ROBUSTBENCH_PREFIX)) and (checkpoint, num_classes) != (None, None):
+        kind = "the embedded model" if name == EMBEDDED else "a RobustBench model"
+        raise ValueError(f"checkpoint and num_classes cannot be combined with {kind}; name a timm architecture")
     if name == EMBEDDED:
         model, normalizer = load_embedded()
     elif name.startswith(ROBUSTBENCH_PREFIX):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from lst_fast import geometry
 from lst_fast.sweep.evaluation import TRIANGLE_TABLE_KEYS
 from lst_fast.sweep.plan import make_plan
 from lst_fast.sweep.store import CorruptUnit, SweepStore
@@ -101,9 +100,11 @@ class Table:
 
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:
     """Mean and population std (NaN for no values yet)."""
+    from lst_fast.geometry import mean_std
+
     if values.numel() == 0:
         return float("nan"), float("nan")
-    return geometry.mean_std({"values": values})["values"]
+    return mean_std({"values": values})["values"]
 
 
 def distance_table(results: list[SweepResults]) -> Table:

@@ -52,7 +52,8 @@ def test_checkpoint_with_wrong_head_is_refused(tiny_checkpoint):
     [
         (dict(name="resnet_9000"), ValueError, "unknown model 'resnet_9000'"),
         (dict(name=""), TypeError, "name must be a model name"),
-        (dict(name="embedded", checkpoint="x.pth"), ValueError, "need a timm architecture"),
+        (dict(name="embedded", checkpoint="x.pth"), ValueError, "cannot be combined with the embedded model"),
+        (dict(name="robustbench:Standard", num_classes=10), ValueError, "cannot be combined with a RobustBench"),
         (dict(name="test_vit", pretrained=False, num_classes=1), ValueError, "num_classes must be an int >= 2"),
         (dict(name="test_vit", checkpoint="/no/such.pth"), FileNotFoundError, "does not exist"),
         (dict(name="robustbench:mnist/Linf/X"), ValueError, "RobustBench dataset must be one of"),
