@@ -57,8 +57,7 @@ def test_float32_fast_path_is_as_close_to_exact_as_the_float32_reference():
     assert fast_error <= 4 * ref_error + 1e-6, (fast_error, ref_error)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_stays_within_documented_tolerance(embedded_model, photos, precision):
+def test_bf16_stays_within_documented_tolerance(embedded_model, photos):
     """Autocast changes the gradient (bf16 has 8 bits of mantissa), so results drift from the float32
     reference. Documented tolerance after 4 iterations at the paper's settings on the offline model:
     images within 0.02 (L-inf), source-class confidence within 0.05; every step still respects pthresh."""
@@ -68,12 +67,30 @@ def test_reduced_precision_stays_within_documented_tolerance(embedded_model, pho
         model, srcs, tgts, normalizer=normalizer, iters=4, generator=torch.Generator().manual_seed(0)
     )
     got = lst_fast.traverse_batch(
-        model, srcs, tgts, normalizer=normalizer, iters=4, precision=precision,
+        model, srcs, tgts, normalizer=normalizer, iters=4, precision="bf16",
         generator=torch.Generator().manual_seed(0),
     )
     assert got.images.dtype == torch.float32
     torch.testing.assert_close(got.images, ref.images, atol=0.02, rtol=0)
     torch.testing.assert_close(got.final_conf, ref.final_conf, atol=0.05, rtol=0)
+    assert (got.init_conf - got.final_conf < 0.2).all()
+
+
+def test_fp16_runs_the_model_in_half_precision():
+    """fp16 autocast on CPU is slow (no fast kernels) but must work; checked on a small float32 CNN."""
+    model = tiny_cnn().float()
+    srcs, tgts = colour_patches(4).float(), colour_patches(4, seed=1).float()
+    seen = []
+    hook = model[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    kwargs = dict(iters=5, step_size=0.1, generator=None)
+    torch.manual_seed(0)
+    ref = reference.traverse_batch(model, srcs, tgts, **kwargs)
+    seen.clear()
+    torch.manual_seed(0)
+    got = lst_fast.traverse_batch(model, srcs, tgts, precision="fp16", fold_batchnorm=False, **kwargs)
+    hook.remove()
+    assert torch.float16 in seen
+    torch.testing.assert_close(got.images, ref.images, atol=5e-3, rtol=0)
     assert (got.init_conf - got.final_conf < 0.2).all()
 
 
