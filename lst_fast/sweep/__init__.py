@@ -1,0 +1,14 @@
+"""Dataset-scale LST sweeps (spec section 6): resumable, sharded across processes and machines.
+
+``run_sweep(SweepConfig(...), out_dir)`` runs or resumes this process's share of a sweep; ``lst_fast.tables``
+turns a sweep folder into the paper's Tables 1 and 2. Modules: :mod:`~lst_fast.sweep.config` (settings and
+their identity), :mod:`~lst_fast.sweep.plan` (pairs, units, seeds), :mod:`~lst_fast.sweep.placement` (which
+process does what, on which device), :mod:`~lst_fast.sweep.selection` (which images),
+:mod:`~lst_fast.sweep.store` (the folder and its atomic unit files), :mod:`~lst_fast.sweep.evaluation`
+(distances and triangle statistics), :mod:`~lst_fast.sweep.runner` (the phases).
+"""
+
+from lst_fast.sweep.config import SweepConfig
+from lst_fast.sweep.runner import SweepReport, run_sweep
+
+__all__ = ["SweepConfig", "SweepReport", "run_sweep"]

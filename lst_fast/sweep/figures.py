@@ -1,0 +1,133 @@
+"""Figures of a sweep folder (``lst-fast plot``): the plots of :mod:`lst_fast.plots` from what a sweep saved.
+
+- ``confidence_paths.png``: source- and target-class confidence along the first pairs' paths (recorded by the
+  sweep);
+- ``interpolation.png``: confidence on the segments source -> LST output of those pairs (star-like structure);
+- ``triangle_SSSSS.png``: confidence over the triangle (source, output of round 0, output of round 1) of the
+  first sources;
+- ``path_width_SSSSS_to_TTTTT.png`` (only with ``path_widths``): the path width along the first pairs' paths.
+  Widths are not stored by a sweep (each recorded point costs ``width_vecs`` x 4 model evaluations), so the
+  first LST unit is run again with the same settings and seed, recording them.
+
+The model and data are loaded again from the manifest's configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lst_fast import data, geometry, plots
+from lst_fast.fast import traverse_batch
+from lst_fast.sweep.config import config_from_manifest
+from lst_fast.sweep.placement import resolve_device, resolve_placement
+from lst_fast.sweep.plan import make_plan, unit_generator
+from lst_fast.sweep.runner import load_sweep_model
+from lst_fast.sweep.store import SweepStore
+
+
+def plot_sweep(
+    out_dir: str | Path,
+    figures_dir: str | Path | None = None,
+    *,
+    pairs: int = 4,
+    path_widths: bool = False,
+    width_vecs: int = 256,
+    checkpoint: str | None = None,
+    device: str | None = None,
+) -> list[Path]:
+    """Write the figures of the sweep in ``out_dir`` to ``figures_dir`` (default ``out_dir/figures``) for its
+    first ``pairs`` pairs / sources; returns the files written."""
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
+        raise ValueError(f"pairs must be an int >= 1, got {pairs!r}")
+    store = SweepStore(out_dir)
+    manifest, selection = store.read_json(store.manifest_path), store.read_json(store.selection_path)
+    if manifest is None or selection is None:
+        raise FileNotFoundError(f"{out_dir} is not a sweep folder (no manifest.json and selection.json)")
+    config = config_from_manifest(manifest, checkpoint=checkpoint)
+    figures = Path(figures_dir) if figures_dir is not None else Path(out_dir) / "figures"
+    plan = make_plan(len(selection["indices"]), config.rounds, config.batch_size, config.seed)
+    finished = [u for u in plan.traverse if store.finished("traverse", u.name)]
+    if not finished:
+        raise ValueError(f"{out_dir} has no finished LST unit yet; nothing to plot")
+
+    def unit_tensors(unit):  # None while the unit is not finished
+        return store.read_unit("traverse", unit.name, manifest["config_id"])
+
+    device = resolve_device(device, resolve_placement())
+    model, normalizer = load_sweep_model(config)
+    model, normalizer = model.to(device), normalizer.to(device)
+    dataset = data.open_dataset(config.data, image_size=config.image_size)
+
+    def images(positions) -> torch.Tensor:
+        return torch.stack([dataset[selection["indices"][p]][0] for p in positions]).to(device)
+
+    first = finished[0]
+    saved = unit_tensors(first)
+    k = min(pairs, len(first.sources))
+    names = [f"image {s} -> image {t}" for s, t in zip(first.sources[:k], first.targets[:k])]
+    labels = saved["labels"][:k].to(device)
+    written = []
+    if "path_conf" in saved:
+        written.append(plots.confidence_path_plot(
+            saved["path_iters"], saved["path_conf"][:k], saved["path_target_conf"][:k],
+            figures / "confidence_paths.png", labels=names,
+        ))
+    conf = geometry.interpolation_conf(
+        model, images(first.sources[:k]), saved["outputs"][:k].to(device), labels, normalizer=normalizer,
+        batch_size=config.eval_batch_size,
+    )
+    written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
+    written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device)
+    if path_widths:
+        written += _path_widths(config, first, saved, images, model, normalizer, k, width_vecs, figures, device)
+    return written
+
+
+def _triangles(config, plan, unit_tensors, images, model, normalizer, count, figures, device) -> list[Path]:
+    """Triangles (source, round-0 output, round-1 output) of the first sources whose two rounds are done."""
+    if config.rounds < 2:
+        return []
+    written = []
+    for unit in plan.triangles:
+        first, second = (unit_tensors(n) for n in unit.needs[:2])
+        if first is None or second is None:
+            continue
+        keep = (first["valid"] & second["valid"]).nonzero().squeeze(1)[: count - len(written)].tolist()
+        if not keep:
+            continue
+        srcs = images([unit.sources[i] for i in keep])
+        out_a, out_b = first["outputs"][keep].to(device), second["outputs"][keep].to(device)
+        conf = geometry.triangle_confidences(
+            model, srcs, out_a, out_b, first["labels"][keep].to(device), normalizer=normalizer,
+            n=config.triangle_grid, batch_size=config.eval_batch_size,
+        )
+        for row, i in enumerate(keep):
+            source = unit.sources[i]
+            written.append(plots.triangle_plot(
+                conf[row], torch.stack([srcs[row], out_a[row], out_b[row]]), figures / f"triangle_{source:05d}.png",
+                n=config.triangle_grid, corner_labels=("source", "round 0 output", "round 1 output"),
+                title=f"Source {source} (class {int(first['labels'][i])}): confidence over the triangle",
+            ))
+        if len(written) >= count:
+            break
+    return written
+
+
+def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, figures, device) -> list[Path]:
+    """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths."""
+    result = traverse_batch(
+        model, images(unit.sources), images(unit.targets), saved["labels"].to(device), normalizer=normalizer,
+        step_size=config.step_size, iters=config.iters, pthresh=config.pthresh, adv_step_size=config.adv_step_size,
+        init_noise=config.init_noise, log_every=config.path_log_every, record=("widths",),
+        width_num_vecs=width_vecs, precision=config.precision,
+        generator=unit_generator(config.seed, unit.round, unit.batch, device),
+    )
+    return [
+        plots.path_width_plot(
+            result.path_widths[i], figures / f"path_width_{s:05d}_to_{t:05d}.png", iters=result.path_iters,
+            title=f"Path width, image {s} -> image {t} (round {unit.round})",
+        )
+        for i, (s, t) in enumerate(zip(unit.sources[:k], unit.targets[:k]))
+    ]

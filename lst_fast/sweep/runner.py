@@ -1,0 +1,406 @@
+"""Running a sweep (spec section 6) into a folder, resumably and in shares across processes.
+
+Phase 1 (traverse): one unit per round x batch of sources: LST towards the round's targets, then the
+distances of every pair. Phase 2 (triangles): one unit per batch of sources, once every round of that batch is
+finished (possibly by other processes, whose files are waited for): the triangle statistics of every pair of
+rounds. A process only ever computes the units it owns (see :mod:`lst_fast.sweep.placement`) and skips those
+already finished, so re-running the same command resumes a sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+import lst_fast
+from lst_fast import data, models
+from lst_fast.fast import traverse_batch
+from lst_fast.sweep import evaluation
+from lst_fast.sweep.config import PHASES, SweepConfig, differences
+from lst_fast.sweep.placement import Placement, parse_shard, resolve_device, resolve_placement
+from lst_fast.sweep.plan import Plan, TraverseUnit, TriangleUnit, make_plan, unit_generator
+from lst_fast.sweep.selection import Selection, select_images
+from lst_fast.sweep.store import CorruptUnit, SweepStore, config_id
+
+
+@dataclass
+class PhaseCount:
+    """What one process did in one phase."""
+
+    computed: int = 0
+    skipped: int = 0  # already finished
+    redone: list[str] = field(default_factory=list)  # corrupt files that were computed again
+    items: int = 0  # pairs (traverse) or sources (triangles) computed
+    seconds: float = 0.0
+
+
+@dataclass
+class SweepReport:
+    out_dir: Path
+    placement: Placement
+    traverse: PhaseCount
+    triangles: PhaseCount
+    waiting: list[str]  # own triangle units left undone: their traversal units were not all there in time
+    finished: dict[str, tuple[int, int]]  # whole sweep: (finished, total) unit files per kind
+    note: str | None  # e.g. why LPIPS is left out
+
+    def summary(self) -> str:
+        t, g = self.traverse, self.triangles
+        rate = t.items / t.seconds if t.seconds > 0 else 0.0
+        parts = [
+            f"[{self.placement.label}] LST: {t.computed} units ({t.items} pairs, {rate:.2f} pairs/s), "
+            f"{t.skipped} already done, {len(t.redone)} corrupt redone",
+            f"triangles: {g.computed} units ({g.items} sources), {g.skipped} already done",
+        ]
+        if self.waiting:
+            parts.append(f"{len(self.waiting)} triangle units still waiting for other processes")
+        done = ", ".join(f"{kind} {a}/{b}" for kind, (a, b) in self.finished.items())
+        note = f" Note: {self.note}" if self.note else ""
+        return "; ".join(parts) + f". Sweep {self.out_dir}: {done} units finished.{note}"
+
+
+@dataclass
+class _Sweep:
+    """Everything the phases share."""
+
+    config: SweepConfig
+    store: SweepStore
+    placement: Placement
+    device: torch.device
+    dataset: torch.utils.data.Dataset
+    model: torch.nn.Module
+    normalizer: torch.nn.Module
+    selection: Selection
+    plan: Plan
+    config_id: str
+    distances: tuple[str, ...]
+    lpips_weights: str | None
+    cuda_graphs: bool
+    workers: int
+    progress: bool
+
+    def labels(self, positions) -> torch.Tensor:
+        return torch.tensor([self.selection.labels[p] for p in positions], dtype=torch.long)
+
+    def dataset_indices(self, positions) -> list[int]:
+        return [self.selection.indices[p] for p in positions]
+
+
+def run_sweep(
+    config: SweepConfig,
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    workers: int = 2,
+    shard: str | tuple[int, int] | None = None,
+    phase: str = "all",
+    wait: float = 3600.0,
+    poll: float = 2.0,
+    progress: bool = True,
+    lpips_weights: str | Path | None = None,
+    cuda_graphs: bool = False,
+) -> SweepReport:
+    """Run (or resume) this process's share of a sweep into ``out_dir``.
+
+    Args:
+        config: the sweep's settings; an existing ``out_dir`` must have been started with the same ones.
+        device: torch device; default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
+        workers: data loading processes (0: load in this process).
+        shard: ``"I/N"`` or (I, N): do share I of N (combined with torchrun's ranks if present).
+        phase: ``"all"``, ``"traverse"`` (LST units only) or ``"triangles"`` (triangle units only).
+        wait: seconds the triangle phase waits for traversal units of other processes before giving up
+            (what is left is listed in the report and done by a later run).
+        poll: seconds between looks at the folder while waiting.
+        lpips_weights: local AlexNet weights for LPIPS (default: torch's hub cache); without them a new sweep
+            leaves LPIPS out (noted in the manifest and the tables).
+        cuda_graphs: run LST as replayed CUDA graphs (CUDA devices only; see :func:`lst_fast.traverse_batch`).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    if not wait >= 0 or not poll > 0:
+        raise ValueError(f"wait must be >= 0 and poll > 0 seconds, got wait={wait!r}, poll={poll!r}")
+    if not isinstance(cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress, lpips_weights, cuda_graphs)
+    traverse = _traverse_phase(sweep) if phase in ("all", "traverse") else PhaseCount()
+    triangles, waiting = PhaseCount(), []
+    if config.triangles and phase in ("all", "triangles"):
+        triangles, waiting = _triangle_phase(sweep, wait, poll)
+    return SweepReport(
+        out_dir=sweep.store.root, placement=sweep.placement, traverse=traverse, triangles=triangles,
+        waiting=waiting, finished=_finished(sweep), note=note,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Set-up: every check happens here, before any unit is computed
+
+
+def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda_graphs):
+    config = config.checked()
+    placement = resolve_placement(parse_shard(shard) if isinstance(shard, str) else shard)
+    device = resolve_device(device, placement)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
+    store = SweepStore(out_dir)
+    stored = store.read_json(store.manifest_path)
+    dataset = data.open_dataset(config.data, image_size=config.image_size)
+    if len(dataset) < 2:
+        raise ValueError(f"data {config.data!r} holds {len(dataset)} image(s); a sweep needs at least 2")
+    model, normalizer = load_sweep_model(config)
+    model, normalizer = model.to(device), normalizer.to(device)
+    distances, note = _distances(stored, lpips_weights)
+    identity = config.identity(
+        normalization=(normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist()), distances=distances
+    )
+    if stored is not None:
+        _same_config(stored, identity, out_dir)
+    selection = _selection(store, config, model, normalizer, dataset, device, workers)
+    manifest = store.write_json_once(store.manifest_path, {
+        "config_id": config_id(identity),
+        "seed": config.seed,
+        "config": identity,
+        "note": note,
+        "created_by": {
+            "lst_fast": lst_fast.__version__, "torch": torch.__version__, "device": device.type,
+            "command": sys.argv,
+            "checkpoint": None if config.checkpoint is None else str(Path(config.checkpoint).resolve()),
+        },
+    })
+    _same_config(manifest, identity, out_dir)
+    sweep = _Sweep(
+        config=config, store=store, placement=placement, device=device, dataset=dataset, model=model,
+        normalizer=normalizer, selection=selection, plan=make_plan(len(selection), config.rounds,
+        config.batch_size, config.seed), config_id=manifest["config_id"], distances=tuple(distances),
+        lpips_weights=None if lpips_weights is None else str(lpips_weights), cuda_graphs=cuda_graphs,
+        workers=workers, progress=progress,
+    )
+    return sweep, manifest.get("note")
+
+
+def load_sweep_model(config: SweepConfig):
+    """The model, with any random initialisation (``--no-pretrained``) seeded by the sweep seed so that every
+    process of the sweep gets the same weights."""
+    kind = data.parse_data_spec(config.data).kind
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return models.load_model(
+            config.model, pretrained=config.pretrained, checkpoint=config.checkpoint, num_classes=config.num_classes,
+            normalization=config.normalization(), robustbench_dataset="cifar10" if kind == "cifar10" else "imagenet",
+        )
+
+
+def _distances(stored: dict | None, lpips_weights) -> tuple[list[str], str | None]:
+    """The distances of a new sweep (LPIPS only where it runs); a resumed sweep keeps its own, and must be
+    able to compute them here."""
+    available, note = evaluation.choose_distances(lpips_weights)
+    if stored is None:
+        return list(available), note
+    wanted = stored.get("config", {}).get("distances", [])
+    missing = [d for d in wanted if d not in available]
+    if missing:
+        raise ValueError(f"this sweep folder computes {missing}, which cannot run here: {note}")
+    return wanted, stored.get("note")
+
+
+def _same_config(manifest: dict, identity: dict, out_dir: Path) -> None:
+    diff = differences(manifest.get("config", {}), identity)
+    if diff:
+        raise ValueError(
+            f"{out_dir} holds a sweep with another configuration; continue it with the same options or use "
+            "another output folder. Differences:\n  " + "\n  ".join(diff)
+        )
+
+
+def _selection(store, config, model, normalizer, dataset, device, workers) -> Selection:
+    stored = store.read_json(store.selection_path)
+    if stored is None:
+        selection = select_images(
+            model, normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
+            seed=config.seed, batch_size=config.eval_batch_size, device=device, workers=workers,
+        )
+        _check_selection(selection, config)
+        stored = store.write_json_once(store.selection_path, selection.to_json())
+    selection = Selection.from_json(stored)
+    if selection.dataset_size != len(dataset):
+        raise ValueError(
+            f"the data set {config.data!r} now has {len(dataset)} images, but this sweep chose its images from "
+            f"{selection.dataset_size}; it has changed"
+        )
+    _check_selection(selection, config)
+    return selection
+
+
+def _check_selection(selection: Selection, config: SweepConfig) -> None:
+    criterion = f"classified correctly with confidence > {config.min_conf}"
+    if len(selection) < 2:
+        raise ValueError(
+            f"only {len(selection)} of {selection.dataset_size} images are {criterion}; a sweep needs at least 2 "
+            "(lower --min-conf or use more data)"
+        )
+    if len(selection) <= config.rounds:
+        raise ValueError(
+            f"only {len(selection)} images are {criterion}: too few for {config.rounds} rounds (every source "
+            "needs a different target in each round); use fewer rounds or more data"
+        )
+    if len(selection) < config.num_samples:
+        tqdm.write(
+            f"lst-fast sweep: only {len(selection)} of the {config.num_samples} requested images are {criterion}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Phase 1: LST per round x batch
+
+
+def _pending(sweep: _Sweep, kind: str, units, count: PhaseCount) -> list:
+    """The units of ``kind`` that this process owns and that are not validly finished."""
+    todo = []
+    for unit in units:
+        if not sweep.placement.owns(unit.index):
+            continue
+        try:
+            if sweep.store.read_unit(kind, unit.name, sweep.config_id) is not None:
+                count.skipped += 1
+                continue
+        except CorruptUnit as err:
+            tqdm.write(f"lst-fast sweep: {err}; computing it again")
+            count.redone.append(unit.name)
+        todo.append(unit)
+    return todo
+
+
+def _bar(sweep: _Sweep, total: int, what: str, unit: str) -> tqdm:
+    return tqdm(
+        total=total, unit=unit, desc=f"[{sweep.placement.label}] {what}", position=sweep.placement.local_rank,
+        disable=not sweep.progress, dynamic_ncols=True, leave=True,
+    )
+
+
+def _traverse_phase(sweep: _Sweep) -> PhaseCount:
+    count = PhaseCount()
+    todo = _pending(sweep, "traverse", sweep.plan.traverse, count)
+    if not todo:
+        return count
+    # each unit's sources then targets, read ahead by the worker processes while the model runs
+    groups = [sweep.dataset_indices(u.sources) + sweep.dataset_indices(u.targets) for u in todo]
+    loader = data.group_loader(
+        sweep.dataset, groups, workers=sweep.workers, pin_memory=sweep.device.type == "cuda"
+    )
+    start = time.perf_counter()
+    with _bar(sweep, sum(len(u.sources) for u in todo), "LST", "pair") as bar:
+        for unit, (images, _) in zip(todo, loader):
+            tensors = _traverse_unit(sweep, unit, images.to(sweep.device, non_blocking=True))
+            sweep.store.write_unit("traverse", unit.name, tensors, sweep.config_id)
+            count.computed += 1
+            count.items += len(unit.sources)
+            bar.update(len(unit.sources))
+    count.seconds = time.perf_counter() - start
+    return count
+
+
+def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    config, batch = sweep.config, len(unit.sources)
+    srcs, tgts = images[:batch], images[batch:]
+    result = traverse_batch(
+        sweep.model, srcs, tgts, sweep.labels(unit.sources).to(sweep.device),
+        target_labels=sweep.labels(unit.targets).to(sweep.device), normalizer=sweep.normalizer,
+        step_size=config.step_size, iters=config.iters, pthresh=config.pthresh,
+        adv_step_size=config.adv_step_size, init_noise=config.init_noise, log_every=config.path_log_every,
+        record=("conf",), generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device),
+        precision=config.precision, cuda_graphs=sweep.cuda_graphs,
+    )
+    distances = evaluation.pair_distances(result.images, tgts, sweep.distances, sweep.lpips_weights)
+    if config.save_images:
+        for k, (s, t) in enumerate(zip(unit.sources, unit.targets)):
+            path = sweep.store.image_path(unit.round, s, t)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(result.images[k], path)
+    tensors = {
+        "source": torch.tensor(unit.sources), "target": torch.tensor(unit.targets),
+        "labels": result.labels, "target_labels": result.target_labels, "valid": result.valid,
+        "init_conf": result.init_conf, "final_conf": result.final_conf, "accepted": result.accepted,
+        "outputs": result.images,
+        **{f"dist_{name}": values for name, values in distances.items()},
+    }
+    if result.path_iters is not None:
+        tensors.update(path_iters=result.path_iters, path_conf=result.path_conf,
+                       path_target_conf=result.path_target_conf)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Phase 2: triangle statistics per batch of sources, once all its rounds exist
+
+
+def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount, list[str]]:
+    count = PhaseCount()
+    pending = _pending(sweep, "triangles", sweep.plan.triangles, count)
+    if not pending:
+        return count, []
+    deadline = time.monotonic() + wait
+    start = time.perf_counter()
+    told = False
+    with _bar(sweep, sum(len(u.sources) for u in pending), "triangles", "source") as bar:
+        while pending:
+            ready = [u for u in pending if all(sweep.store.finished("traverse", n.name) for n in u.needs)]
+            if not ready:
+                if time.monotonic() >= deadline:
+                    break
+                if not told:
+                    tqdm.write(f"lst-fast sweep [{sweep.placement.label}]: waiting up to {wait:.0f} s for the "
+                               "LST units of other processes")
+                    told = True
+                time.sleep(poll)
+                continue
+            groups = [sweep.dataset_indices(u.sources) for u in ready]
+            loader = data.group_loader(sweep.dataset, groups, workers=sweep.workers)
+            for unit, (srcs, _) in zip(ready, loader):
+                pending.remove(unit)
+                tensors = _triangle_unit(sweep, unit, srcs.to(sweep.device))
+                sweep.store.write_unit("triangles", unit.name, tensors, sweep.config_id)
+                count.computed += 1
+                count.items += len(unit.sources)
+                bar.update(len(unit.sources))
+    count.seconds = time.perf_counter() - start
+    waiting = [u.name for u in pending]
+    if waiting:
+        tqdm.write(
+            f"lst-fast sweep [{sweep.placement.label}]: gave up waiting after {wait:.0f} s for the traversal units "
+            f"of triangle units {waiting}; run the same command again (e.g. with --phase triangles) once the "
+            "other processes are done"
+        )
+    return count, waiting
+
+
+def _triangle_unit(sweep: _Sweep, unit: TriangleUnit, srcs: torch.Tensor) -> dict[str, torch.Tensor]:
+    try:
+        rounds = [sweep.store.read_unit("traverse", n.name, sweep.config_id) for n in unit.needs]
+    except CorruptUnit as err:
+        raise CorruptUnit(
+            f"{err}. Run the process that owns it again (it redoes corrupt units), then this one"
+        ) from None
+    if any(r is None for r in rounds):
+        raise RuntimeError(f"traversal units of triangle unit {unit.name} disappeared while it was computed")
+    return evaluation.triangle_unit_stats(
+        sweep.model, sweep.normalizer, srcs, rounds, unit.round_pairs, torch.tensor(unit.sources),
+        sweep.labels(unit.sources).to(sweep.device), grid=sweep.config.triangle_grid,
+        batch_size=sweep.config.eval_batch_size,
+    )
+
+
+def _finished(sweep: _Sweep) -> dict[str, tuple[int, int]]:
+    kinds = {"traverse": sweep.plan.traverse}
+    if sweep.config.triangles:
+        kinds["triangles"] = sweep.plan.triangles
+    return {
+        kind: (sum(sweep.store.finished(kind, u.name) for u in units), len(units)) for kind, units in kinds.items()
+    }

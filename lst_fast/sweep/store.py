@@ -1,0 +1,147 @@
+"""A sweep's folder: the manifest, the image selection, and one file per finished work unit.
+
+Layout of DIR::
+
+    manifest.json              configuration (compared on every run), sweep seed, environment of the first run
+    selection.json             the data set images of the sweep with their labels
+    units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, distances of one round x batch
+    units/triangles/bBBBBB.safetensors       triangle statistics of one batch of sources
+    images/rRRR/SSSSS_to_TTTTT.png            LST outputs as PNG (only with save_images)
+
+Every file is written to a temporary name in the same folder and renamed into place, so a file under its
+final name is always complete. Unit files also carry their config id and a SHA-256 of their tensors, so a
+truncated, damaged or foreign unit file is detected and redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+FORMAT = "1"
+KINDS = ("traverse", "triangles")
+
+
+class CorruptUnit(ValueError):
+    """A unit file exists but cannot be trusted (truncated, damaged, or from another configuration)."""
+
+
+def config_id(config: dict) -> str:
+    """A short fingerprint of a configuration dict."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SweepStore:
+    """Reads and writes the files of one sweep folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+        self.selection_path = self.root / "selection.json"
+
+    def unit_path(self, kind: str, name: str) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return self.root / "units" / kind / f"{name}.safetensors"
+
+    def image_path(self, round_index: int, source: int, target: int) -> Path:
+        return self.root / "images" / f"r{round_index:03d}" / f"{source:05d}_to_{target:05d}.png"
+
+    # JSON files written once: the first writer wins, everybody then reads the same file -------------------
+
+    def read_json(self, path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); remove it or use another output folder") from None
+
+    def write_json_once(self, path: Path, content: dict) -> dict:
+        """Create ``path`` with ``content`` unless it exists; return what the file holds afterwards.
+
+        The file is written under a temporary name and hard-linked into place, which fails if another
+        process got there first (an atomic create-if-absent, also on shared file systems).
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._temporary(path)
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return self.read_json(path)
+
+    # Unit files ----------------------------------------------------------------------------------------
+
+    def write_unit(self, kind: str, name: str, tensors: dict[str, torch.Tensor], config: str) -> Path:
+        """Atomically write one finished unit."""
+        path = self.unit_path(kind, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {"format": FORMAT, "kind": kind, "unit": name, "config": config, "digest": tensor_digest(tensors)}
+        tmp = self._temporary(path)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def read_unit(self, kind: str, name: str, config: str) -> dict[str, torch.Tensor] | None:
+        """The unit's tensors; None if it was never written; :class:`CorruptUnit` if it cannot be trusted."""
+        path = self.unit_path(kind, name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            tensors = load_safetensors(raw)
+            metadata = _metadata(raw)
+        except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptUnit(f"{path}: unreadable ({err})") from None
+        expected = {"format": FORMAT, "kind": kind, "unit": name, "config": config}
+        wrong = {k: metadata.get(k) for k, v in expected.items() if metadata.get(k) != v}
+        if wrong:
+            raise CorruptUnit(f"{path}: belongs elsewhere ({wrong}, expected {expected})")
+        if metadata.get("digest") != tensor_digest(tensors):
+            raise CorruptUnit(f"{path}: contents do not match their checksum")
+        return tensors
+
+    def finished(self, kind: str, name: str) -> bool:
+        """Whether a unit file exists under its final name (cheap; :meth:`read_unit` validates it)."""
+        return self.unit_path(kind, name).exists()
+
+    @staticmethod
+    def _temporary(path: Path) -> Path:
+        return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _metadata(raw: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors buffer (header: 8-byte little-endian length, then JSON)."""
+    if len(raw) < 8:
+        raise ValueError("file shorter than its header")
+    length = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + length].decode("utf-8")).get("__metadata__", {})

@@ -1,0 +1,216 @@
+"""The paper's tables from sweep folders: Table 1 (distances of LST outputs to their targets) and Table 2
+(triangle statistics per source), each as mean ± std, from finished or partly finished sweeps.
+
+Standard deviations are population standard deviations (NumPy's default, ddof = 0; :func:`lst_fast.geometry.mean_std`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lst_fast.sweep.evaluation import TRIANGLE_TABLE_KEYS
+from lst_fast.sweep.plan import make_plan
+from lst_fast.sweep.store import CorruptUnit, SweepStore
+
+FORMATS = ("markdown", "latex", "csv")
+DISTANCE_TITLES = {"l2": "L2/sqrt(D)", "linf": "Linf", "ssim": "SSIM", "lpips": "LPIPS"}
+TRIANGLE_TITLES = {
+    "p_src": "p(source)", "mean": "mean p", "frac_0.0": "frac d=0", "frac_0.1": "frac d=0.1",
+    "frac_0.2": "frac d=0.2", "frac_0.3": "frac d=0.3", "edge_mean": "edge mean",
+}
+
+
+@dataclass
+class SweepResults:
+    """What the finished units of one sweep folder hold."""
+
+    out_dir: Path
+    config: dict
+    note: str | None
+    pairs: dict[str, torch.Tensor]  # per pair of the finished traversal units: valid, final_conf, dist_*
+    sources: dict[str, torch.Tensor]  # per source of the finished triangle units: source, p_src, ...
+    total_pairs: int
+    total_sources: int
+    units: dict[str, tuple[int, int]]  # (finished, total) per kind
+    corrupt: list[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.config['model']} on {self.config['data']}"
+
+
+def load_results(out_dir: str | Path) -> SweepResults:
+    """Read every finished unit of a sweep folder (corrupt ones are listed and left out)."""
+    store = SweepStore(out_dir)
+    manifest = store.read_json(store.manifest_path)
+    selection = store.read_json(store.selection_path)
+    if manifest is None or selection is None:
+        raise FileNotFoundError(f"{out_dir} is not a sweep folder (no manifest.json and selection.json)")
+    config = manifest["config"]
+    plan = make_plan(len(selection["indices"]), config["rounds"], config["batch_size"], config["seed"])
+    corrupt: list[str] = []
+    pair_units = _read_all(store, "traverse", plan.traverse, manifest["config_id"], corrupt)
+    pair_keys = ["valid", "final_conf"] + [f"dist_{d}" for d in config["distances"]]
+    pairs = {k: _cat([u[k] for u in pair_units], torch.bool if k == "valid" else torch.float32) for k in pair_keys}
+    units = {"traverse": (len(pair_units), len(plan.traverse))}
+    sources: dict[str, torch.Tensor] = {}
+    if config["triangles"]:
+        triangle_units = _read_all(store, "triangles", plan.triangles, manifest["config_id"], corrupt)
+        sources = {
+            k: _cat([u[f"src_{k}"] for u in triangle_units], torch.long if k == "source" else torch.float32)
+            for k in ("source",) + TRIANGLE_TABLE_KEYS
+        }
+        units["triangles"] = (len(triangle_units), len(plan.triangles))
+    return SweepResults(
+        out_dir=Path(out_dir), config=config, note=manifest.get("note"), pairs=pairs, sources=sources,
+        total_pairs=plan.pairs, total_sources=len(selection["indices"]), units=units, corrupt=corrupt,
+    )
+
+
+def _read_all(store, kind, units, config_id, corrupt) -> list[dict[str, torch.Tensor]]:
+    found = []
+    for unit in units:
+        try:
+            tensors = store.read_unit(kind, unit.name, config_id)
+        except CorruptUnit:
+            corrupt.append(f"{kind}/{unit.name}")
+            continue
+        if tensors is not None:
+            found.append(tensors)
+    return found
+
+
+def _cat(parts: list[torch.Tensor], dtype) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    numbers: list[dict[str, float]]  # per row, for CSV: column -> value (means and stds)
+    notes: list[str]
+
+
+def _mean_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and population std (NaN for no values yet)."""
+    from lst_fast.geometry import mean_std
+
+    if values.numel() == 0:
+        return float("nan"), float("nan")
+    return mean_std({"values": values})["values"]
+
+
+def distance_table(results: list[SweepResults]) -> Table:
+    """Table 1: distances between LST outputs and their targets over all valid pairs, mean ± std."""
+    names = [d for d in DISTANCE_TITLES if any(d in r.config["distances"] for r in results)]
+    table = Table("Table 1: distance of LST outputs to their targets (mean ± std over pairs)",
+                  ["model", "data", "pairs"] + [DISTANCE_TITLES[d] for d in names], [], [], [])
+    for r in results:
+        valid = r.pairs["valid"]
+        cells = [r.config["model"], r.config["data"], str(int(valid.sum()))]
+        numbers = {"pairs": float(valid.sum()), "pairs_total": float(r.total_pairs)}
+        for d in names:
+            key = f"dist_{d}"
+            if key not in r.pairs:
+                cells.append("n/a")
+                continue
+            mean, std = _mean_std(r.pairs[key][valid])
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+            numbers |= {f"{d}_mean": mean, f"{d}_std": std}
+        table.rows.append(cells)
+        table.numbers.append(numbers)
+        finished, total = r.units["traverse"]
+        invalid = int((~valid).sum())
+        table.notes.append(
+            f"{r.label}: covers {int(valid.sum())} of {r.total_pairs} pairs ({finished} of {total} traversal units "
+            f"finished" + (f"; {invalid} pair(s) left out because the model no longer predicted the source label"
+                           if invalid else "") + ")"
+        )
+        if r.note:
+            table.notes.append(f"{r.label}: {r.note}")
+        if r.corrupt:
+            table.notes.append(f"{r.label}: corrupt unit files left out: {', '.join(r.corrupt)}")
+    return table
+
+
+def triangle_table(results: list[SweepResults]) -> Table:
+    """Table 2: triangle statistics, averaged per source, then mean ± std over sources."""
+    table = Table("Table 2: triangular convex hull statistics (mean ± std over sources)",
+                  ["model", "data", "sources"] + [TRIANGLE_TITLES[k] for k in TRIANGLE_TABLE_KEYS], [], [], [])
+    for r in results:
+        if not r.config["triangles"]:
+            table.notes.append(f"{r.label}: the sweep was run without triangle statistics")
+            continue
+        n = int(r.sources["source"].numel())
+        cells = [r.config["model"], r.config["data"], str(n)]
+        numbers = {"sources": float(n), "sources_total": float(r.total_sources)}
+        for k in TRIANGLE_TABLE_KEYS:
+            mean, std = _mean_std(r.sources[k])
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+            numbers |= {f"{k}_mean": mean, f"{k}_std": std}
+        table.rows.append(cells)
+        table.numbers.append(numbers)
+        finished, total = r.units["triangles"]
+        table.notes.append(
+            f"{r.label}: covers {n} of {r.total_sources} sources ({finished} of {total} triangle units finished; "
+            f"a source's triangles need all {r.config['rounds']} rounds of its batch)"
+        )
+    return table
+
+
+def format_table(table: Table, fmt: str = "markdown") -> str:
+    """The table as Markdown, LaTeX (tabular) or CSV (means and stds in separate numeric columns)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "csv":
+        return _csv(table)
+    if fmt == "latex":
+        return _latex(table)
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
+             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return "\n".join(lines + [""] + [f"- {n}" for n in table.notes]) + "\n"
+
+
+def _latex(table: Table) -> str:
+    def escape(text: str) -> str:
+        return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+    def cell(text: str) -> str:
+        return escape(text).replace("±", r"$\pm$")
+
+    lines = [f"% {table.title}", r"\begin{tabular}{" + "l" * 2 + "r" * (len(table.columns) - 2) + "}", r"\toprule",
+             " & ".join(cell(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(table: Table) -> str:
+    keys = list(dict.fromkeys(k for numbers in table.numbers for k in numbers))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "data"] + keys)
+    for row, numbers in zip(table.rows, table.numbers):
+        writer.writerow(row[:2] + [repr(numbers[k]) if k in numbers else "" for k in keys])
+    return buffer.getvalue()
+
+
+def render(out_dirs: list[str | Path], fmt: str = "markdown", which: str = "all") -> str:
+    """Table 1, Table 2 or both (``which`` = "1", "2", "all") for one or more sweep folders, one row each."""
+    if which not in ("1", "2", "all"):
+        raise ValueError(f"which must be '1', '2' or 'all', got {which!r}")
+    results = [load_results(d) for d in out_dirs]
+    tables = []
+    if which in ("1", "all"):
+        tables.append(distance_table(results))
+    if which == "2" or (which == "all" and any(r.config["triangles"] for r in results)):
+        tables.append(triangle_table(results))
+    return "\n".join(format_table(t, fmt) for t in tables)

@@ -1,0 +1,293 @@
+"""Sweeps: the plan, resuming after SIGKILL, torchrun and --shard, corrupt units, refused configurations,
+tables of partial sweeps, and parity of a unit with the reference loop.
+
+Most tests share one uninterrupted single-process sweep of a tiny random-init timm network on 10 random
+images (``reference_sweep``) and compare other ways of running the same sweep with it bit for bit. All runs
+are single-threaded so that their float results can be compared exactly.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lst_fast import data, metrics, models, reference, tables
+from lst_fast.sweep import SweepConfig, run_sweep
+from lst_fast.sweep.placement import Placement, parse_shard, resolve_placement
+from lst_fast.sweep.plan import derangements, make_plan, unit_generator
+from lst_fast.sweep.store import SweepStore
+
+N, ROUNDS, BATCH, ITERS = 8, 3, 3, 12
+TRIANGLE_UNITS = 3  # batches of sources: (0, 1, 2), (3, 4, 5), (6, 7)
+TRAVERSE_UNITS = ROUNDS * TRIANGLE_UNITS
+
+
+def sweep_config(image_folder, tiny_checkpoint, **overrides) -> SweepConfig:
+    path, arch, classes = tiny_checkpoint
+    settings = dict(
+        model=arch, checkpoint=str(path), num_classes=classes, data=f"folder:{image_folder}", image_size=32,
+        num_samples=N, rounds=ROUNDS, batch_size=BATCH, eval_batch_size=50, iters=ITERS, min_conf=0.0, seed=7,
+    )
+    return SweepConfig(**(settings | overrides))
+
+
+def cli_args(config: SweepConfig, out) -> list[str]:
+    """The ``lst-fast sweep`` options of ``config``."""
+    return [
+        "sweep", "--model", config.model, "--checkpoint", config.checkpoint, "--num-classes", str(config.num_classes),
+        "--data", config.data, "--image-size", str(config.image_size), "--num-samples", str(config.num_samples),
+        "--rounds", str(config.rounds), "--batch-size", str(config.batch_size), "--iters", str(config.iters),
+        "--eval-batch-size", str(config.eval_batch_size),
+        "--min-conf", str(config.min_conf), "--seed", str(config.seed), "--out", str(out), "--no-progress",
+        "--workers", "1",
+    ] + ([] if config.triangles else ["--no-triangles"])
+
+
+def single_threaded_env() -> dict:
+    return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def unit_files(out) -> dict[str, object]:
+    return {str(p.relative_to(out)): p for p in sorted((out / "units").rglob("*.safetensors"))}
+
+
+def assert_same_sweep(out, expected):
+    """Same unit files with bit-identical tensors, and the same tables."""
+    got, want = unit_files(out), unit_files(expected)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        a, b = load_file(str(got[name])), load_file(str(want[name]))
+        assert sorted(a) == sorted(b), name
+        for key in b:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
+    assert tables.render([out], "csv") == tables.render([expected], "csv")
+
+
+@pytest.fixture(scope="module")
+def reference_sweep(image_folder, tiny_checkpoint, tmp_path_factory):
+    """One uninterrupted, single-process, single-threaded run of the test sweep: (config, folder, report)."""
+    config = sweep_config(image_folder, tiny_checkpoint)
+    out = tmp_path_factory.mktemp("reference_sweep")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_sweep(config, out, workers=1, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return config, out, report
+
+
+# --- the plan ----------------------------------------------------------------------------------------------
+
+
+def test_derangements_are_seeded_and_give_every_source_distinct_targets():
+    targets = derangements(6, 5, seed=3)
+    assert targets.shape == (5, 6)
+    for row in targets:
+        assert sorted(row) == list(range(6))  # a permutation
+        assert not (row == np.arange(6)).any()  # no image is its own target
+    for source in range(6):
+        assert len(set(targets[:, source])) == 5  # a different target in every round
+    assert (derangements(6, 5, seed=3) == targets).all()
+    assert not (derangements(6, 5, seed=4) == targets).all()
+    with pytest.raises(ValueError, match="rounds must be between 1 and"):
+        derangements(4, 4, seed=0)
+
+
+def test_units_cover_every_pair_once_for_any_number_of_workers():
+    plan = make_plan(7, 3, 3, seed=1)
+    assert [len(u.sources) for u in plan.traverse] == [3, 3, 1] * 3  # the last batch is short, never padded
+    pairs = [(u.round, s, t) for u in plan.traverse for s, t in zip(u.sources, u.targets)]
+    assert len(pairs) == len(set(pairs)) == plan.pairs == 21
+    for count in (1, 2, 4, 5):
+        owned = [
+            [u.index for u in plan.traverse if Placement(i, count, 0, "").owns(u.index)] for i in range(count)
+        ]
+        assert sorted(sum(owned, [])) == list(range(len(plan.traverse)))
+
+
+def test_placement_from_shard_and_torchrun_environment():
+    assert parse_shard("1/4") == (1, 4)
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    placement = resolve_placement((2, 3), env=torchrun)
+    assert (placement.index, placement.count, placement.local_rank) == (5, 6, 1)
+    assert placement.label == "shard 2/3 rank 1/2"
+    assert resolve_placement(None, env={}).count == 1
+    for bad in ("4/4", "-1/4", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+# --- one sweep, checked against independent computations ----------------------------------------------------
+
+
+def test_sweep_units_match_the_reference_loop(reference_sweep, tiny_checkpoint):
+    config, out, report = reference_sweep
+    assert report.traverse.computed == TRAVERSE_UNITS and report.triangles.computed == TRIANGLE_UNITS
+    assert report.finished == {"traverse": (TRAVERSE_UNITS, TRAVERSE_UNITS), "triangles": (3, 3)}
+    store = SweepStore(out)
+    selection = store.read_json(store.selection_path)
+    dataset = data.open_dataset(config.data, image_size=config.image_size)
+    model, normalizer = models.load_model(config.model, checkpoint=config.checkpoint, num_classes=config.num_classes)
+    images = torch.stack([dataset[i][0] for i in selection["indices"]])
+    with torch.no_grad():
+        probs = model(normalizer(images)).softmax(1)
+    # unlabelled images: the label is the model's prediction, and every selected image is distinct
+    assert selection["labels"] == probs.argmax(1).tolist()
+    assert len(set(selection["indices"])) == N
+
+    plan = make_plan(N, ROUNDS, BATCH, config.seed)
+    unit = plan.traverse[5]
+    saved = load_file(str(store.unit_path("traverse", unit.name)))
+    assert saved["source"].tolist() == list(unit.sources) and saved["target"].tolist() == list(unit.targets)
+    srcs, tgts = images[list(unit.sources)], images[list(unit.targets)]
+    expected = reference.traverse_batch(
+        model, srcs, tgts, torch.tensor(selection["labels"])[list(unit.sources)], normalizer=normalizer,
+        iters=config.iters, generator=unit_generator(config.seed, unit.round, unit.batch, torch.device("cpu")),
+    )
+    assert saved["valid"].all()
+    torch.testing.assert_close(saved["outputs"], expected.images, rtol=0, atol=1e-4)
+    torch.testing.assert_close(saved["final_conf"], expected.final_conf, rtol=0, atol=1e-4)
+    want = metrics.distances(saved["outputs"], tgts, which=("l2", "linf", "ssim"))
+    for name, values in want.items():
+        torch.testing.assert_close(saved[f"dist_{name}"], values)
+
+
+# --- resuming, sharding, torchrun --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted_and_skips_finished_units(reference_sweep, tmp_path):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "lst_fast.cli"] + cli_args(config, out)
+    process = subprocess.Popen(command, env=single_threaded_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(unit_files(out)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stdout.read().decode()
+    before = {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in unit_files(out).items()}
+    assert 3 <= len(before) < TRAVERSE_UNITS + TRIANGLE_UNITS  # really killed part-way
+
+    rerun = subprocess.run(command, env=single_threaded_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    done = sum(name.startswith(os.path.join("units", "traverse")) for name in before)
+    assert f"{done} already done, 0 corrupt redone" in rerun.stdout
+    after = unit_files(out)
+    for name, stamp in before.items():  # no finished unit was computed (or even written) again
+        assert (after[name].stat().st_ino, after[name].stat().st_mtime_ns) == stamp, name
+    assert_same_sweep(out, expected)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(reference_sweep, tmp_path):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "torchrun"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "lst_fast.cli",
+    ] + cli_args(config, out)
+    run = subprocess.run(command, env=single_threaded_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    computed = [int(line.split("LST: ")[1].split(" units")[0]) for line in run.stdout.splitlines() if "LST: " in line]
+    assert len(computed) == 2 and all(c > 0 for c in computed) and sum(computed) == TRAVERSE_UNITS
+    assert "[rank 0/2]" in run.stdout and "[rank 1/2]" in run.stdout
+    assert_same_sweep(out, expected)
+
+
+def test_shards_wait_for_each_other_and_equal_one_process(reference_sweep, tmp_path, one_thread):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "shards"
+    first = run_sweep(config, out, shard="0/2", wait=0, workers=0, progress=False)
+    # shard 0 owns traversal units 0, 2, 4, 6, 8 (= round * 3 + batch) and the triangle units of batches 0 and 2,
+    # which also need units 3 and 5 of shard 1
+    assert first.traverse.computed == 5
+    assert first.waiting == ["b00000", "b00002"] and first.triangles.computed == 0
+    assert tables.load_results(out).units == {"traverse": (5, 9), "triangles": (0, 3)}
+
+    second = run_sweep(config, out, shard="1/2", wait=0, workers=0, progress=False)
+    assert second.traverse.computed == 4 and second.triangles.computed == 1 and not second.waiting
+    third = run_sweep(config, out, shard="0/2", phase="triangles", wait=0, workers=0, progress=False)
+    assert third.traverse.computed == 0 and third.triangles.computed == 2 and not third.waiting
+    assert_same_sweep(out, expected)
+
+
+def test_corrupt_units_are_detected_and_redone(reference_sweep, tmp_path, one_thread):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "corrupt"
+    shutil.copytree(expected, out)
+    store = SweepStore(out)
+    truncated = store.unit_path("traverse", "r000_b00001")
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    damaged = store.unit_path("traverse", "r002_b00002")
+    raw = bytearray(damaged.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped byte inside the tensor data
+    damaged.write_bytes(bytes(raw))
+    triangle = store.unit_path("triangles", "b00002")
+    triangle.write_bytes(b"")
+
+    report = run_sweep(config, out, workers=0, progress=False)
+    assert sorted(report.traverse.redone) == ["r000_b00001", "r002_b00002"]
+    assert report.traverse.computed == 2 and report.traverse.skipped == TRAVERSE_UNITS - 2
+    assert report.triangles.redone == ["b00002"] and report.triangles.computed == 1
+    assert_same_sweep(out, expected)
+
+
+def test_other_configuration_is_refused(reference_sweep, tmp_path):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "other"
+    shutil.copytree(expected, out)
+    files = {name: p.stat().st_mtime_ns for name, p in unit_files(out).items()}
+    other = SweepConfig(**{**config.__dict__, "iters": ITERS + 1, "seed": 8})
+    with pytest.raises(ValueError, match="another configuration") as error:
+        run_sweep(other, out, workers=0, progress=False)
+    assert f"iters: {ITERS} in the folder, {ITERS + 1} now" in str(error.value)
+    assert "seed: 7 in the folder, 8 now" in str(error.value)
+    assert {name: p.stat().st_mtime_ns for name, p in unit_files(out).items()} == files
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+
+def test_tables_of_a_partial_sweep(reference_sweep, tmp_path):
+    config, expected, _ = reference_sweep
+    out = tmp_path / "partial"
+    shutil.copytree(expected, out)
+    store = SweepStore(out)
+    kept = ["r000_b00000", "r001_b00002", "r002_b00001"]
+    for unit in make_plan(N, ROUNDS, BATCH, config.seed).traverse:
+        if unit.name not in kept:
+            store.unit_path("traverse", unit.name).unlink()
+    store.unit_path("triangles", "b00001").unlink()
+
+    results = tables.load_results(out)
+    units = [load_file(str(store.unit_path("traverse", name))) for name in kept]
+    l2 = np.concatenate([u["dist_l2"].numpy() for u in units]).astype(np.float64)
+    markdown = tables.render([out])
+    assert f"{l2.mean():.4f} ± {l2.std():.4f}" in markdown
+    assert f"covers {len(l2)} of {N * ROUNDS} pairs (3 of {TRAVERSE_UNITS} traversal units finished)" in markdown
+    sources = results.sources["source"]
+    assert sorted(sources.tolist()) == [0, 1, 2, 6, 7]  # batch 1 (sources 3, 4, 5) is missing
+    assert f"covers 5 of {N} sources (2 of 3 triangle units finished" in markdown
+    triangle_units = [load_file(str(store.unit_path("triangles", f"b{b:05d}"))) for b in (0, 2)]
+    p_src = np.concatenate([u["src_p_src"].numpy() for u in triangle_units]).astype(np.float64)
+    assert f"{p_src.mean():.4f} ± {p_src.std():.4f}" in markdown
+
+    csv_lines = tables.render([out], "csv", which="1").splitlines()
+    header, row = csv_lines[0].split(","), csv_lines[1].split(",")
+    assert float(row[header.index("l2_mean")]) == pytest.approx(l2.mean())
+    assert float(row[header.index("pairs_total")]) == N * ROUNDS
+    latex = tables.render([out], "latex", which="2")
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex
+    both = tables.render([out, expected], which="1").splitlines()  # one row per sweep folder
+    assert sum(line.startswith("| test_efficientnet |") for line in both) == 2
+    assert f"covers {N * ROUNDS} of {N * ROUNDS} pairs" in "\n".join(both)
