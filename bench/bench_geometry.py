@@ -191,7 +191,7 @@ def main() -> None:
         "model": "EfficientNet-Lite0 (offline), 224x224, fp32",
         "triangles": len(srcs), "points_per_triangle": len(geometry.triangle_grid(N_GRID)),
         "samples": args.samples, "num_vecs": args.num_vecs, "distances": DISTANCES,
-        "batched_batch_size": geometry.default_batch_size(photos.device),
+        "batched_batch_size": geometry.default_batch_size(photos),
     }
 
     # Triangles, sweep layout (shared sources and edges) and distinct vertices.

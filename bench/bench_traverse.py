@@ -4,7 +4,7 @@ Everything is measured in one process, on the same model, batch and inputs, with
 - floor_contiguous: one forward+backward of the caller's model w.r.t. the input (contiguous memory);
 - floor_channels_last: the same with model and input in channels_last;
 - floor_tuned: the same for the model copy the fast path runs (batch norm folded, best memory format,
-  the row's precision);
+  the row's precision), in the fast path's model calls of rows_per_call rows (lst_fast.tuning);
 - reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short),
   so set-up costs cancel.
 The fast path's "extra" is fast / floor_tuned - 1: the fraction of each iteration spent outside the
@@ -34,7 +34,13 @@ from common import cuda_peak_memory_mb, interleaved_medians, machine_info, rss_p
 import lst_fast  # noqa: E402
 from lst_fast import data, models, reference, tuning  # noqa: E402
 from lst_fast.traversal import input_grad_loss  # noqa: E402
-from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast  # noqa: E402
+from lst_fast.tuning import (  # noqa: E402
+    autocast_context,
+    default_rows_per_call,
+    resolve_memory_format,
+    tuned_model,
+    with_autocast,
+)
 
 
 def load(name: str, device: torch.device):
@@ -51,13 +57,16 @@ def make_batch(batch: int, device: torch.device):
     return srcs, srcs.roll(1, 0)
 
 
-def floor_fn(model, normalizer, srcs, labels, layout, precision="fp32"):
+def floor_fn(model, normalizer, srcs, labels, layout, precision="fp32", rows_per_call=None):
+    """One forward+backward w.r.t. the input of the whole batch, in calls of ``rows_per_call`` rows."""
     x = srcs.contiguous(memory_format=layout)
     forward = with_autocast(lambda x_in: model(normalizer(x_in)), autocast_context(precision, srcs.device))
+    rows = rows_per_call or len(x)
 
     def forward_backward():
-        x_in = x.detach().requires_grad_(True)
-        torch.autograd.grad(input_grad_loss(forward(x_in), labels), x_in)
+        for start in range(0, len(x), rows):
+            x_in = x[start : start + rows].detach().requires_grad_(True)
+            torch.autograd.grad(input_grad_loss(forward(x_in), labels[start : start + rows]), x_in)
 
     return forward_backward
 
@@ -78,13 +87,15 @@ def run_loop(which: str, model, normalizer, srcs, tgts, labels, iters: int, **op
 def peak_memory_mb(which: str, name, batch, precision, cuda_graphs, device, setup_args) -> float:
     """Peak memory of a 2-iteration run of one loop, above the memory in use after set-up, in MiB.
 
+    Set-up includes a 1-iteration warm-up run of the same loop, so the fast path's tuned model copy (built
+    once per model and cached, reported apart as model_copy_mb) counts as in use, like the model itself.
     CUDA: the caching allocator's peak in this process. CPU: the peak resident set of a fresh process,
     reset after set-up (/proc/self/clear_refs), with glibc's dynamic mmap threshold pinned so that freed
     tensors go back to the OS and the resident set tracks live memory.
     """
     options = dict(precision=precision, cuda_graphs=cuda_graphs) if which == "fast" else {}
     if device.type == "cuda":
-        tuning.clear_cache()  # the fast path's peak includes building its tuned model copy
+        run_loop(which, *setup_args, iters=1, **options)
         return cuda_peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device)
     command = [sys.executable, __file__, "--peak-of", which, "--models", name, "--batch-sizes", str(batch),
                "--precisions", precision, "--device", str(device)]
@@ -98,6 +109,7 @@ def print_peak_rss(which: str, args) -> None:
     device = torch.device(args.device)
     setup_args = setup(args.models[0], args.batch_sizes[0], device)
     options = dict(precision=args.precisions[0]) if which == "fast" else {}
+    run_loop(which, *setup_args, iters=1, **options)  # warm-up: builds and caches the fast path's model copy
     gc.collect()
     print(rss_peak_of(lambda: run_loop(which, *setup_args, iters=2, **options)))
 
@@ -107,6 +119,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
+    rows = None if cuda_graphs else default_rows_per_call(srcs)
     fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
 
     def loop(which, iters, **options):
@@ -117,7 +130,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "floor_channels_last": floor_fn(
             model.to(memory_format=torch.channels_last), normalizer, srcs, labels, torch.channels_last
         ),
-        "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout, precision),
+        "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout, precision, rows),
         "reference_short": loop("reference", args.short),
         "reference_long": loop("reference", args.long),
         "fast_short": loop("fast", args.short, **fast_options),
@@ -134,6 +147,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "batch": batch,
         "precision": precision,
         "cuda_graphs": cuda_graphs,
+        "rows_per_call": min(rows or batch, batch),
         **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
         "speedup_vs_reference": round(ms["reference"] / ms["fast"], 3),
         "reference_over_floor": round(ms["reference"] / ms["floor_contiguous"], 3),
@@ -144,6 +158,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         peak = peak_memory_mb(which, name, batch, precision, cuda_graphs, device, setup_args)
         row[f"{which}_peak_mb"] = round(peak, 1)
     row["memory_ratio"] = round(row["fast_peak_mb"] / max(row["reference_peak_mb"], 1e-9), 3)
+    row["model_copy_mb"] = round(sum(t.nbytes for t in (*tuned.parameters(), *tuned.buffers())) / 2**20, 1)
     return row
 
 

@@ -16,7 +16,13 @@ from tqdm.auto import tqdm
 
 from lst_fast import ops
 from lst_fast.graphs import run_static
-from lst_fast.tuning import autocast_context, resolve_memory_format, tuned_model, with_autocast
+from lst_fast.tuning import (
+    autocast_context,
+    resolve_memory_format,
+    resolve_rows_per_call,
+    tuned_model,
+    with_autocast,
+)
 from lst_fast.traversal import (
     PathRecorder,
     TraversalResult,
@@ -53,6 +59,7 @@ def traverse_batch(
     fold_batchnorm: bool = True,
     precision: str = "fp32",
     cuda_graphs: bool = False,
+    rows_per_call: int | str | None = "auto",
     backend: str | None = None,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
@@ -81,6 +88,10 @@ def traverse_batch(
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` to run the model under autocast (the step and
             the images stay in the images' dtype; accept/reject uses the autocast confidences).
         cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
+        rows_per_call: rows per forward+backward of the model. ``"auto"``: about four 224x224 images' worth
+            on CPU, where larger calls are slower per image, and the whole batch on GPUs
+            (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
+            are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
     """
     settings = check_settings(
@@ -97,19 +108,26 @@ def traverse_batch(
         layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
+        rows = resolve_rows_per_call(rows_per_call, problem.x0)
+        if cuda_graphs and rows is not None and rows < len(problem.x0):
+            raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
         autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
         if len(problem.labels) == 0:  # no valid rows: nothing to traverse
             x, final_conf, accepted, recorder = problem.x0, problem.init_conf, problem.labels * 0, PathRecorder(settings)
         else:
             runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
             forward = with_autocast(make_forward(runner, normalizer), autocast)
-            run = functools.partial(run_static, capture=True) if cuda_graphs else _run
+            if cuda_graphs:
+                run = functools.partial(run_static, capture=True)
+            else:
+                run = functools.partial(_run, rows_per_call=rows)
             x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
 
-def _run(problem, forward, settings, layout, backend, progress):
+def _run(problem, forward, settings, layout, backend, progress, rows_per_call=None):
     y, p0 = problem.labels, problem.init_conf
+    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
     recorder = PathRecorder(settings)
     accepted = torch.zeros_like(y)
 
@@ -119,7 +137,7 @@ def _run(problem, forward, settings, layout, backend, progress):
     tgt = problem.tgt.contiguous(memory_format=layout)
     delta = torch.zeros_like(x) if settings.adv_step_size > 0 else None
 
-    probs, grad = _evaluate(forward, x, y, need_grad=settings.iters > 0)
+    probs, grad = evaluate(x, y, need_grad=settings.iters > 0)
     for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
         if recorder.due(it):
             recorder.add(it, x, probs, problem, forward=forward, grad=grad)
@@ -128,7 +146,7 @@ def _run(problem, forward, settings, layout, backend, progress):
             step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,
         )
         # The last candidate only needs its confidence; every other one also needs its gradient.
-        cand_probs, cand_grad = _evaluate(forward, cand, y, need_grad=it < settings.iters - 1)
+        cand_probs, cand_grad = evaluate(cand, y, need_grad=it < settings.iters - 1)
         accept = p0 - cand_probs.gather(1, y.unsqueeze(1)).squeeze(1) < settings.pthresh
         accepted += accept
         # Select without a full pass: rejected rows (usually none) copy their current state into the
@@ -145,8 +163,23 @@ def _run(problem, forward, settings, layout, backend, progress):
     return x, final_conf, accepted, recorder
 
 
-def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool):
-    """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as x)."""
+def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
+    """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as
+    x), in model calls of at most ``rows_per_call`` rows (None: one call)."""
+    if rows_per_call is None or rows_per_call >= len(x):
+        return _evaluate_call(forward, x, labels, need_grad=need_grad)
+    probs, grad = [], torch.empty_like(x) if need_grad else None
+    for start in range(0, len(x), rows_per_call):
+        rows = slice(start, start + rows_per_call)
+        rows_probs, rows_grad = _evaluate_call(forward, x[rows], labels[rows], need_grad=need_grad)
+        probs.append(rows_probs)
+        if need_grad:
+            grad[rows].copy_(rows_grad)
+    return torch.cat(probs), grad
+
+
+def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool):
+    """One model call of :func:`_evaluate`."""
     if not need_grad:
         with torch.no_grad():
             return probabilities(forward(x)), None

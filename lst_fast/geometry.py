@@ -12,8 +12,8 @@ Here every model evaluation goes through one chunked evaluator: the points of ma
 samples are packed into model batches of ``batch_size`` points regardless of which row they belong to, each
 point built only when its batch runs (memory is bounded by the batch, not by the number of points), on the
 batch-norm-folded channels_last copy of the model that the fast loop runs (:func:`lst_fast.tuning.tuned_model`).
-The batch size is chosen for the device (:func:`default_batch_size`: small on CPU, where large batches are
-slower per image, large on GPUs). Grid points that several triangles share (their source, and the edge
+The batch size is chosen for the device and image size (:func:`default_batch_size`: about four 224x224
+images on CPU, where larger batches are slower per image; large on GPUs). Grid points that several triangles share (their source, and the edge
 towards an output used in several triangles) are evaluated once.
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from lst_fast import ops
 from lst_fast.fast import _layout_of
-from lst_fast.tuning import resolve_memory_format, tuned_model
+from lst_fast.tuning import default_rows_per_call, resolve_memory_format, tuned_model
 from lst_fast.traversal import (
     Problem,
     Settings,
@@ -42,10 +42,7 @@ from lst_fast.traversal import (
     probabilities,
 )
 
-# Points per model call when batch_size is None. On CPU a few: measured on 2 cores, EfficientNet-Lite0 at
-# 224x224 takes 13-15 ms per image in calls of 4-6 images but 24-63 ms in calls of 32-96 (large fresh
-# activations page-fault and fall out of the caches). GPUs want large batches.
-DEFAULT_BATCH_SIZES = {"cpu": 4}
+# Points per model call when batch_size is None on an accelerator (CPUs: lst_fast.tuning.default_rows_per_call).
 DEFAULT_BATCH_SIZE = 128
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
 # The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
@@ -110,21 +107,22 @@ def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Ite
     make_forward(model, normalizer)  # checks the normalizer
     if not isinstance(fold, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
-    batch_size = _check_batch_size(batch_size, probe.device)
+    batch_size = _check_batch_size(batch_size, probe)
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
         runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
         yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Points per model call when ``batch_size`` is None: 4 on CPU, 128 elsewhere (see DEFAULT_BATCH_SIZES)."""
-    return DEFAULT_BATCH_SIZES.get(torch.device(device).type, DEFAULT_BATCH_SIZE)
+def default_batch_size(points: torch.Tensor) -> int:
+    """Points like ``points`` per model call when ``batch_size`` is None: on CPU about four 224x224 images'
+    worth (:func:`lst_fast.tuning.default_rows_per_call`), elsewhere ``DEFAULT_BATCH_SIZE``."""
+    return default_rows_per_call(points) or DEFAULT_BATCH_SIZE
 
 
-def _check_batch_size(batch_size, device: torch.device) -> int:
+def _check_batch_size(batch_size, points: torch.Tensor) -> int:
     if batch_size is None:
-        return default_batch_size(device)
+        return default_batch_size(points)
     return _check_number("batch_size", batch_size, minimum=1, integer=True)
 
 
@@ -502,6 +500,6 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     return _path_width(
-        _Confidences(forward, default_batch_size(x.device), _layout_of(x)), x, direction, problem.labels,
+        _Confidences(forward, default_batch_size(x), _layout_of(x)), x, direction, problem.labels,
         settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
     )

@@ -206,9 +206,11 @@ def test_aggregate_and_table_of_real_triangles():
         geometry.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
 
 
-def test_default_batch_size_depends_on_the_device():
-    assert geometry.default_batch_size(torch.device("cpu")) == 4
-    assert geometry.default_batch_size("cuda") == geometry.DEFAULT_BATCH_SIZE == 128
+def test_default_batch_size_depends_on_the_device_and_image_size():
+    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224)) == 4  # four ImageNet images on CPU
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32)) == 196  # as many values in CIFAR images
+    assert geometry.default_batch_size(torch.zeros(1, 3, 1024, 1024)) == 1
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32, device="meta")) == geometry.DEFAULT_BATCH_SIZE == 128
 
 
 def test_mean_std_by_hand():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lst_fast
-from lst_fast import graphs, reference, traversal
+from lst_fast import graphs, reference, traversal, tuning
 from conftest import tiny_cnn
 from test_traverse import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both
 
@@ -92,6 +92,32 @@ def test_fp16_runs_the_model_in_half_precision():
     assert torch.float16 in seen
     torch.testing.assert_close(got.images, ref.images, atol=5e-3, rtol=0)
     assert (got.init_conf - got.final_conf < 0.2).all()
+
+
+@pytest.mark.parametrize("rows_per_call", [1, 3, None])
+def test_rows_per_call_splits_model_calls_without_changing_results(rows_per_call):
+    model = tiny_cnn(scale=SHARPNESS)
+    call_sizes = []  # the hook function is shared by the fast path's private copy of the model
+    model.register_forward_pre_hook(lambda module, args: call_sizes.append(len(args[0])))
+    srcs, tgts = colour_patches(8), colour_patches(8, seed=1)
+    ref = reference.traverse_batch(model, srcs, tgts, generator=torch.Generator().manual_seed(1), **SHARP)
+    call_sizes.clear()
+    fast = lst_fast.traverse_batch(
+        model, srcs, tgts, generator=torch.Generator().manual_seed(1), rows_per_call=rows_per_call, **SHARP
+    )
+    assert_same_result(ref, fast)
+    assert (ref.accepted < SHARP["iters"]).any(), "the test needs rejected steps"
+    expected = {1: {1}, 3: {3, 2}, None: {8}}[rows_per_call]
+    assert set(call_sizes[-SHARP["iters"]:]) == expected  # the loop's last calls (set-up calls come first)
+
+
+def test_rows_per_call_default_depends_on_device_and_image_size():
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224)) == 4
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32)) == 196
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta")) is None
+    for bad in (0, -2, 2.0, True, "all"):
+        with pytest.raises(ValueError, match="rows_per_call must be"):
+            lst_fast.traverse_batch(tiny_cnn(), colour_patches(2), colour_patches(2), rows_per_call=bad)
 
 
 def test_options_the_device_cannot_do_fail_cleanly():
