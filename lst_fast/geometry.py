@@ -12,8 +12,8 @@ Here every model evaluation goes through one chunked evaluator: the points of ma
 samples are packed into model batches of ``batch_size`` points regardless of which row they belong to, each
 point built only when its batch runs (memory is bounded by the batch, not by the number of points), on the
 batch-norm-folded channels_last copy of the model that the fast loop runs (:func:`lst_fast.tuning.tuned_model`).
-The batch size is chosen for the device and image size (:func:`default_batch_size`: about four 224x224
-images on CPU, where larger batches are slower per image; large on GPUs). Grid points that several triangles share (their source, and the edge
+The batch size is chosen for the device, model and image size (:func:`default_batch_size`: about four
+224x224 images for convolutional models on CPU, where larger batches are slower per image; else large). Grid points that several triangles share (their source, and the edge
 towards an output used in several triangles) are evaluated once.
 """
 
@@ -42,7 +42,7 @@ from lst_fast.traversal import (
     probabilities,
 )
 
-# Points per model call when batch_size is None on an accelerator (CPUs: lst_fast.tuning.default_rows_per_call).
+# Points per model call when batch_size is None, unless lst_fast.tuning.default_rows_per_call says fewer (CPUs).
 DEFAULT_BATCH_SIZE = 128
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
 # The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
@@ -107,22 +107,23 @@ def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Ite
     make_forward(model, normalizer)  # checks the normalizer
     if not isinstance(fold, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
-    batch_size = _check_batch_size(batch_size, probe)
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
+        batch_size = _check_batch_size(batch_size, probe, layout)
         runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
         yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
 
 
-def default_batch_size(points: torch.Tensor) -> int:
-    """Points like ``points`` per model call when ``batch_size`` is None: on CPU about four 224x224 images'
-    worth (:func:`lst_fast.tuning.default_rows_per_call`), elsewhere ``DEFAULT_BATCH_SIZE``."""
-    return default_rows_per_call(points) or DEFAULT_BATCH_SIZE
+def default_batch_size(points: torch.Tensor, layout: torch.memory_format) -> int:
+    """Points like ``points`` per call of a model run in ``layout`` when ``batch_size`` is None: for
+    convolutional models on CPU about four 224x224 images' worth (:func:`lst_fast.tuning.default_rows_per_call`),
+    else ``DEFAULT_BATCH_SIZE``."""
+    return default_rows_per_call(points, layout) or DEFAULT_BATCH_SIZE
 
 
-def _check_batch_size(batch_size, points: torch.Tensor) -> int:
+def _check_batch_size(batch_size, points: torch.Tensor, layout: torch.memory_format) -> int:
     if batch_size is None:
-        return default_batch_size(points)
+        return default_batch_size(points, layout)
     return _check_number("batch_size", batch_size, minimum=1, integer=True)
 
 
@@ -500,6 +501,6 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     return _path_width(
-        _Confidences(forward, default_batch_size(x), _layout_of(x)), x, direction, problem.labels,
+        _Confidences(forward, default_batch_size(x, _layout_of(x)), _layout_of(x)), x, direction, problem.labels,
         settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
     )

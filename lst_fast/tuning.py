@@ -137,23 +137,25 @@ def with_autocast(forward, autocast):
 # How many input values one model call should take on a CPU. Measured on 2 cores (forward+backward, ms per
 # 224x224 image in calls of 2/4/8/16 images): EfficientNet-Lite0 30/28/34/33, resnet50 121/104/149/158,
 # convnext_tiny 125/120/126/153, deit_small 143/120/134/120, resnet18 51/47/44/42, vit_tiny 53/49/45/43.
-# Four images per call is the best or within 10% of it for each (larger calls' activations fall out of the
-# caches); forward-only calls behave alike (EfficientNet-Lite0: 11.1 ms per image at 4, 18.2 at 32).
-# Accelerators want the whole batch in one call.
+# For the convolutional models (run channels_last) four images per call is the best or close to it (larger
+# calls' activations fall out of the caches); forward-only calls behave alike (EfficientNet-Lite0: 11.1 ms per
+# image at 4, 18.2 at 32). The transformers gain nothing from it (in the LST loop at batch 8, vit_tiny ran
+# 12% slower in calls of 4), nor do accelerators: they get the whole batch in one call.
 CPU_VALUES_PER_CALL = 4 * 3 * 224 * 224
 
 
-def default_rows_per_call(x: torch.Tensor) -> int | None:
-    """Rows of a batch like ``x`` per model call: about four 224x224 images' worth on CPU, all (None) elsewhere."""
-    if x.device.type != "cpu":
+def default_rows_per_call(x: torch.Tensor, layout: torch.memory_format) -> int | None:
+    """Rows of a batch like ``x`` per call of a model run in ``layout``: about four 224x224 images' worth for
+    convolutional (channels_last) models on CPU, all of them (None) otherwise."""
+    if x.device.type != "cpu" or layout != torch.channels_last:
         return None
     return max(1, CPU_VALUES_PER_CALL // max(1, x.shape[1:].numel()))
 
 
-def resolve_rows_per_call(rows_per_call, x: torch.Tensor) -> int | None:
+def resolve_rows_per_call(rows_per_call, x: torch.Tensor, layout: torch.memory_format) -> int | None:
     """``"auto"`` -> :func:`default_rows_per_call`; None (one call) and positive ints as given."""
     if rows_per_call == "auto":
-        return default_rows_per_call(x)
+        return default_rows_per_call(x, layout)
     if rows_per_call is None:
         return None
     if isinstance(rows_per_call, bool) or not isinstance(rows_per_call, int) or rows_per_call < 1:

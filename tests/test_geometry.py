@@ -206,11 +206,13 @@ def test_aggregate_and_table_of_real_triangles():
         geometry.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
 
 
-def test_default_batch_size_depends_on_the_device_and_image_size():
-    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224)) == 4  # four ImageNet images on CPU
-    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32)) == 196  # as many values in CIFAR images
-    assert geometry.default_batch_size(torch.zeros(1, 3, 1024, 1024)) == 1
-    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32, device="meta")) == geometry.DEFAULT_BATCH_SIZE == 128
+def test_default_batch_size_depends_on_device_model_and_image_size():
+    conv = torch.channels_last  # the layout the fast paths run convolutional models in
+    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), conv) == 4  # four ImageNet images on CPU
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32), conv) == 196  # as many values in CIFAR images
+    assert geometry.default_batch_size(torch.zeros(1, 3, 1024, 1024), conv) == 1
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32, device="meta"), conv) == geometry.DEFAULT_BATCH_SIZE
+    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), torch.contiguous_format) == 128
 
 
 def test_mean_std_by_hand():

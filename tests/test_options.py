@@ -112,9 +112,11 @@ def test_rows_per_call_splits_model_calls_without_changing_results(rows_per_call
 
 
 def test_rows_per_call_default_depends_on_device_and_image_size():
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224)) == 4
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32)) == 196
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta")) is None
+    channels_last, contiguous = torch.channels_last, torch.contiguous_format
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), channels_last) == 4
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32), channels_last) == 196
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), contiguous) is None  # e.g. transformers
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta"), channels_last) is None
     for bad in (0, -2, 2.0, True, "all"):
         with pytest.raises(ValueError, match="rows_per_call must be"):
             lst_fast.traverse_batch(tiny_cnn(), colour_patches(2), colour_patches(2), rows_per_call=bad)
