@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
-from lst_fast.tuning import resolve_memory_format
+from lst_fast.tuning import is_convolutional
 
 DISTANCES = (0.5, 1.0, 1.5, 2.0)
 N_GRID = 10
@@ -192,7 +192,7 @@ def main() -> None:
         "model": "EfficientNet-Lite0 (offline), 224x224, fp32",
         "triangles": len(srcs), "points_per_triangle": len(geometry.triangle_grid(N_GRID)),
         "samples": args.samples, "num_vecs": args.num_vecs, "distances": DISTANCES,
-        "batched_batch_size": geometry.default_batch_size(photos, resolve_memory_format("auto", model)),
+        "batched_batch_size": geometry.default_batch_size(photos, is_convolutional(model)),
     }
 
     # Triangles, sweep layout (shared sources and edges) and distinct vertices.

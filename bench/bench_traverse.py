@@ -38,6 +38,7 @@ from lst_fast.tuning import (  # noqa: E402
     autocast_context,
     default_rows_per_call,
     resolve_memory_format,
+    row_slices,
     tuned_model,
     with_autocast,
 )
@@ -61,12 +62,12 @@ def floor_fn(model, normalizer, srcs, labels, layout, precision="fp32", rows_per
     """One forward+backward w.r.t. the input of the whole batch, in calls of ``rows_per_call`` rows."""
     x = srcs.contiguous(memory_format=layout)
     forward = with_autocast(lambda x_in: model(normalizer(x_in)), autocast_context(precision, srcs.device))
-    rows = rows_per_call or len(x)
+    calls = row_slices(len(x), rows_per_call)
 
     def forward_backward():
-        for start in range(0, len(x), rows):
-            x_in = x[start : start + rows].detach().requires_grad_(True)
-            torch.autograd.grad(input_grad_loss(forward(x_in), labels[start : start + rows]), x_in)
+        for rows in calls:
+            x_in = x[rows].detach().requires_grad_(True)
+            torch.autograd.grad(input_grad_loss(forward(x_in), labels[rows]), x_in)
 
     return forward_backward
 
@@ -119,7 +120,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
-    rows = None if cuda_graphs else default_rows_per_call(srcs, layout)
+    rows = None if cuda_graphs else default_rows_per_call(srcs, tuning.is_convolutional(model))
     fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
 
     def loop(which, iters, **options):
@@ -147,7 +148,7 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "batch": batch,
         "precision": precision,
         "cuda_graphs": cuda_graphs,
-        "rows_per_call": min(rows or batch, batch),
+        "rows_per_call": max(s.stop - s.start for s in row_slices(batch, rows)),
         **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
         "speedup_vs_reference": round(ms["reference"] / ms["fast"], 3),
         "reference_over_floor": round(ms["reference"] / ms["floor_contiguous"], 3),

@@ -20,6 +20,7 @@ from lst_fast.tuning import (
     autocast_context,
     resolve_memory_format,
     resolve_rows_per_call,
+    row_slices,
     tuned_model,
     with_autocast,
 )
@@ -108,7 +109,7 @@ def traverse_batch(
         layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        rows = resolve_rows_per_call(rows_per_call, problem.x0, layout)
+        rows = resolve_rows_per_call(rows_per_call, problem.x0, model)
         if cuda_graphs and rows is not None and rows < len(problem.x0):
             raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
         autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
@@ -166,11 +167,11 @@ def _run(problem, forward, settings, layout, backend, progress, rows_per_call=No
 def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
     """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as
     x), in model calls of at most ``rows_per_call`` rows (None: one call)."""
-    if rows_per_call is None or rows_per_call >= len(x):
+    calls = row_slices(len(x), rows_per_call)
+    if len(calls) == 1:
         return _evaluate_call(forward, x, labels, need_grad=need_grad)
     probs, grad = [], torch.empty_like(x) if need_grad else None
-    for start in range(0, len(x), rows_per_call):
-        rows = slice(start, start + rows_per_call)
+    for rows in calls:
         rows_probs, rows_grad = _evaluate_call(forward, x[rows], labels[rows], need_grad=need_grad)
         probs.append(rows_probs)
         if need_grad:

@@ -26,7 +26,7 @@ import torch
 
 from lst_fast import ops
 from lst_fast.fast import _layout_of
-from lst_fast.tuning import default_rows_per_call, resolve_memory_format, tuned_model
+from lst_fast.tuning import default_rows_per_call, is_convolutional, resolve_memory_format, tuned_model
 from lst_fast.traversal import (
     Problem,
     Settings,
@@ -107,23 +107,23 @@ def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Ite
     make_forward(model, normalizer)  # checks the normalizer
     if not isinstance(fold, bool):
         raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
+    batch_size = _check_batch_size(batch_size, probe, is_convolutional(model))
     with model_guard(model):
         layout = resolve_memory_format(memory_format, model)
-        batch_size = _check_batch_size(batch_size, probe, layout)
         runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
         yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
 
 
-def default_batch_size(points: torch.Tensor, layout: torch.memory_format) -> int:
-    """Points like ``points`` per call of a model run in ``layout`` when ``batch_size`` is None: for
-    convolutional models on CPU about four 224x224 images' worth (:func:`lst_fast.tuning.default_rows_per_call`),
-    else ``DEFAULT_BATCH_SIZE``."""
-    return default_rows_per_call(points, layout) or DEFAULT_BATCH_SIZE
+def default_batch_size(points: torch.Tensor, convolutional: bool) -> int:
+    """Points like ``points`` per model call when ``batch_size`` is None: for a convolutional model on CPU
+    about four 224x224 images' worth (:func:`lst_fast.tuning.default_rows_per_call`), else
+    ``DEFAULT_BATCH_SIZE``."""
+    return default_rows_per_call(points, convolutional) or DEFAULT_BATCH_SIZE
 
 
-def _check_batch_size(batch_size, points: torch.Tensor, layout: torch.memory_format) -> int:
+def _check_batch_size(batch_size, points: torch.Tensor, convolutional: bool) -> int:
     if batch_size is None:
-        return default_batch_size(points, layout)
+        return default_batch_size(points, convolutional)
     return _check_number("batch_size", batch_size, minimum=1, integer=True)
 
 
@@ -501,6 +501,6 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     return _path_width(
-        _Confidences(forward, default_batch_size(x, _layout_of(x)), _layout_of(x)), x, direction, problem.labels,
+        _Confidences(forward, default_batch_size(x, _layout_of(x) == torch.channels_last), _layout_of(x)), x, direction, problem.labels,
         settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
     )

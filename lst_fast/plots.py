@@ -225,14 +225,14 @@ def interpolation_plot(
         raise ValueError(f"conf must hold at least 2 points per pair, got {conf.shape[1]}")
     names = _line_labels("labels", labels, len(conf))
     t = torch.linspace(0, 1, conf.shape[1])
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
     for k, (row, name) in enumerate(zip(conf, names)):
         ax.plot(t, row, color=f"C{k % 10}", alpha=0.6, linewidth=1, label=name)
     ax.plot(t, conf.mean(0), color="black", linewidth=2, label="mean")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("t  (point (1 - t) source + t output)")
     ax.set_ylabel("source-class confidence")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: lines fill them
     ax.set_title(title or "Star-like structure: confidence from source to LST output", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

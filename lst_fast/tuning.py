@@ -26,11 +26,15 @@ def resolve_memory_format(memory_format: str, model: nn.Module) -> torch.memory_
     offline EfficientNet and ResNets) and contiguous for models with at most one convolution (ViTs: only
     the patch embedding)."""
     if memory_format == "auto":
-        convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-        return torch.channels_last if convs >= 2 else torch.contiguous_format
+        return torch.channels_last if is_convolutional(model) else torch.contiguous_format
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format must be 'auto' or one of {list(MEMORY_FORMATS)}, got {memory_format!r}")
     return MEMORY_FORMATS[memory_format]
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """A network with two or more 2-d convolutions (a ViT has one: its patch embedding)."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= 2
 
 
 class TunedModelCache:
@@ -137,25 +141,33 @@ def with_autocast(forward, autocast):
 # How many input values one model call should take on a CPU. Measured on 2 cores (forward+backward, ms per
 # 224x224 image in calls of 2/4/8/16 images): EfficientNet-Lite0 30/28/34/33, resnet50 121/104/149/158,
 # convnext_tiny 125/120/126/153, deit_small 143/120/134/120, resnet18 51/47/44/42, vit_tiny 53/49/45/43.
-# For the convolutional models (run channels_last) four images per call is the best or close to it (larger
+# For the convolutional models four images per call is the best or close to it (larger
 # calls' activations fall out of the caches); forward-only calls behave alike (EfficientNet-Lite0: 11.1 ms per
 # image at 4, 18.2 at 32). The transformers gain nothing from it (in the LST loop at batch 8, vit_tiny ran
 # 12% slower in calls of 4), nor do accelerators: they get the whole batch in one call.
 CPU_VALUES_PER_CALL = 4 * 3 * 224 * 224
 
 
-def default_rows_per_call(x: torch.Tensor, layout: torch.memory_format) -> int | None:
-    """Rows of a batch like ``x`` per call of a model run in ``layout``: about four 224x224 images' worth for
-    convolutional (channels_last) models on CPU, all of them (None) otherwise."""
-    if x.device.type != "cpu" or layout != torch.channels_last:
+def default_rows_per_call(x: torch.Tensor, convolutional: bool) -> int | None:
+    """Rows of a batch like ``x`` per model call: about four 224x224 images' worth for a convolutional model
+    (:func:`is_convolutional`) on CPU, all of them (None) otherwise."""
+    if x.device.type != "cpu" or not convolutional:
         return None
     return max(1, CPU_VALUES_PER_CALL // max(1, x.shape[1:].numel()))
 
 
-def resolve_rows_per_call(rows_per_call, x: torch.Tensor, layout: torch.memory_format) -> int | None:
-    """``"auto"`` -> :func:`default_rows_per_call`; None (one call) and positive ints as given."""
+def row_slices(rows: int, rows_per_call: int | None) -> list[slice]:
+    """The fewest model calls of at most ``rows_per_call`` rows (None: one call), as even as possible:
+    6 rows at 4 per call run as 3 + 3, not 4 + 2."""
+    calls = 1 if rows_per_call is None else max(1, -(-rows // rows_per_call))
+    bounds = [rows * k // calls for k in range(calls + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def resolve_rows_per_call(rows_per_call, x: torch.Tensor, model: nn.Module) -> int | None:
+    """``"auto"`` -> :func:`default_rows_per_call` for ``model``; None (one call) and positive ints as given."""
     if rows_per_call == "auto":
-        return default_rows_per_call(x, layout)
+        return default_rows_per_call(x, is_convolutional(model))
     if rows_per_call is None:
         return None
     if isinstance(rows_per_call, bool) or not isinstance(rows_per_call, int) or rows_per_call < 1:

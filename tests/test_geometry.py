@@ -207,12 +207,11 @@ def test_aggregate_and_table_of_real_triangles():
 
 
 def test_default_batch_size_depends_on_device_model_and_image_size():
-    conv = torch.channels_last  # the layout the fast paths run convolutional models in
-    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), conv) == 4  # four ImageNet images on CPU
-    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32), conv) == 196  # as many values in CIFAR images
-    assert geometry.default_batch_size(torch.zeros(1, 3, 1024, 1024), conv) == 1
-    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32, device="meta"), conv) == geometry.DEFAULT_BATCH_SIZE
-    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), torch.contiguous_format) == 128
+    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), True) == 4  # four ImageNet images on CPU
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32), True) == 196  # as many values in CIFAR images
+    assert geometry.default_batch_size(torch.zeros(1, 3, 1024, 1024), True) == 1
+    assert geometry.default_batch_size(torch.zeros(1, 3, 32, 32, device="meta"), True) == geometry.DEFAULT_BATCH_SIZE
+    assert geometry.default_batch_size(torch.zeros(1, 3, 224, 224), False) == 128  # transformers
 
 
 def test_mean_std_by_hand():

@@ -112,11 +112,14 @@ def test_rows_per_call_splits_model_calls_without_changing_results(rows_per_call
 
 
 def test_rows_per_call_default_depends_on_device_and_image_size():
-    channels_last, contiguous = torch.channels_last, torch.contiguous_format
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), channels_last) == 4
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32), channels_last) == 196
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), contiguous) is None  # e.g. transformers
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta"), channels_last) is None
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=True) == 4
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32), convolutional=True) == 196
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=False) is None  # ViTs
+    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta"), convolutional=True) is None
+    assert [(s.start, s.stop) for s in tuning.row_slices(6, 4)] == [(0, 3), (3, 6)]  # even calls, not 4 + 2
+    assert [(s.start, s.stop) for s in tuning.row_slices(8, 3)] == [(0, 2), (2, 5), (5, 8)]
+    assert tuning.row_slices(5, None) == [slice(0, 5)] and tuning.row_slices(5, 9) == [slice(0, 5)]
+    assert tuning.is_convolutional(tiny_cnn()) and not tuning.is_convolutional(torch.nn.Conv2d(3, 3, 1))
     for bad in (0, -2, 2.0, True, "all"):
         with pytest.raises(ValueError, match="rows_per_call must be"):
             lst_fast.traverse_batch(tiny_cnn(), colour_patches(2), colour_patches(2), rows_per_call=bad)
