@@ -5,10 +5,11 @@ Everything is measured in one process, on the same model, batch and inputs, with
 - floor_channels_last: the same with model and input in channels_last;
 - floor_tuned: the same for the model copy the fast path runs (batch norm folded, best memory format,
   the row's precision), in the fast path's model calls of rows_per_call rows (lst_fast.tuning);
-- reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short),
-  so set-up costs cancel.
+- reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short) in each
+  interleaved round (set-up costs cancel), median over rounds.
 The fast path's "extra" is fast / floor_tuned - 1: the fraction of each iteration spent outside the
-model's forward+backward. Peak memory is measured per loop for a short run (above what was in use before;
+model's forward+backward. Times are medians over interleaved rounds; ratios are medians of the ratios within
+each round. Peak memory is measured per loop for a short run (above what was in use before;
 the fast path's includes building its tuned model copy).
 
     python bench/bench_traverse.py                       # offline EfficientNet-Lite0, batch 8, CPU
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cuda_peak_memory_mb, interleaved_medians, machine_info, rss_peak_of, write_results  # noqa: E402
+from common import cuda_peak_memory_mb, interleaved_samples, machine_info, rss_peak_of, write_results  # noqa: E402
 
 import lst_fast  # noqa: E402
 from lst_fast import data, models, reference, tuning  # noqa: E402
@@ -138,11 +140,16 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "fast_long": loop("fast", args.long, **fast_options),
     }
     model.to(memory_format=torch.contiguous_format)  # the loops must see the caller's usual model
-    t = interleaved_medians(fns, device, args.repeats)
-    per_iter = lambda loop_name: (t[f"{loop_name}_long"] - t[f"{loop_name}_short"]) / (args.long - args.short)  # noqa: E731
-    ms = {k: 1e3 * v for k, v in t.items() if k.startswith("floor")}
-    ms["reference"], ms["fast"] = 1e3 * per_iter("reference"), 1e3 * per_iter("fast")
-    best_floor = min(ms["floor_contiguous"], ms["floor_channels_last"])
+    t = interleaved_samples(fns, device, args.repeats)
+    for loop_name in ("reference", "fast"):  # each round's long - short difference per iteration
+        pairs = zip(t.pop(f"{loop_name}_long"), t.pop(f"{loop_name}_short"))
+        t[loop_name] = [(long - short) / (args.long - args.short) for long, short in pairs]
+    ms = {k: 1e3 * statistics.median(v) for k, v in t.items()}
+    best_floor = [min(pair) for pair in zip(t["floor_contiguous"], t["floor_channels_last"])]
+
+    def ratio(a, b):  # median over rounds of the ratio within a round: a CPU's clock drifts over minutes
+        return round(statistics.median(x / y for x, y in zip(a, b)), 3)
+
     row = {
         "model": name,
         "batch": batch,
@@ -150,10 +157,10 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
         "cuda_graphs": cuda_graphs,
         "rows_per_call": max(s.stop - s.start for s in row_slices(batch, rows)),
         **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
-        "speedup_vs_reference": round(ms["reference"] / ms["fast"], 3),
-        "reference_over_floor": round(ms["reference"] / ms["floor_contiguous"], 3),
-        "fast_over_best_floor": round(ms["fast"] / best_floor, 3),
-        "fast_extra_over_tuned_floor": round(ms["fast"] / ms["floor_tuned"] - 1, 3),
+        "speedup_vs_reference": ratio(t["reference"], t["fast"]),
+        "reference_over_floor": ratio(t["reference"], t["floor_contiguous"]),
+        "fast_over_best_floor": ratio(t["fast"], best_floor),
+        "fast_extra_over_tuned_floor": round(ratio(t["fast"], t["floor_tuned"]) - 1, 3),
     }
     for which in ("reference", "fast"):
         peak = peak_memory_mb(which, name, batch, precision, cuda_graphs, device, setup_args)
@@ -194,7 +201,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--short", type=int, default=1, help="iterations of the short run")
-    parser.add_argument("--long", type=int, default=5, help="iterations of the long run")
+    parser.add_argument("--long", type=int, default=9, help="iterations of the long run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--tag", default="", help="suffix for the result files")
     parser.add_argument("--peak-of", choices=["reference", "fast"], help=argparse.SUPPRESS)

@@ -29,8 +29,9 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of each function, calling them in turn so that machine noise hits all alike."""
+def interleaved_samples(fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1) -> dict:
+    """Seconds of each function in each of ``repeats`` rounds, calling them in turn so that machine noise (and
+    the drift of a CPU's clock over minutes) hits all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -38,6 +39,12 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: i
     for _ in range(repeats):
         for name, fn in fns.items():
             samples[name].append(timed(fn, device))
+    return samples
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds of each function over interleaved rounds (:func:`interleaved_samples`)."""
+    samples = interleaved_samples(fns, device, repeats, warmup)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
