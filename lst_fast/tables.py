@@ -47,10 +47,7 @@ class SweepResults:
 def load_results(out_dir: str | Path) -> SweepResults:
     """Read every finished unit of a sweep folder (corrupt ones are listed and left out)."""
     store = SweepStore(out_dir)
-    manifest = store.read_json(store.manifest_path)
-    selection = store.read_json(store.selection_path)
-    if manifest is None or selection is None:
-        raise FileNotFoundError(f"{out_dir} is not a sweep folder (no manifest.json and selection.json)")
+    manifest, selection = store.read_existing()
     config = manifest["config"]
     plan = make_plan(len(selection["indices"]), config["rounds"], config["batch_size"], config["seed"])
     corrupt: list[str] = []

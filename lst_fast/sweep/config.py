@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 from lst_fast.data import parse_data_spec
 from lst_fast.models import file_sha256
+from lst_fast.traversal import _check_number
 from lst_fast.tuning import PRECISIONS
 
 PHASES = ("all", "traverse", "triangles")
@@ -53,15 +52,15 @@ class SweepConfig:
     def checked(self) -> "SweepConfig":
         """This configuration after checking every field; raises ValueError/TypeError naming the field."""
         for name in ("num_samples", "rounds", "batch_size", "eval_batch_size"):
-            _integer(name, getattr(self, name), minimum=1)
+            _check_number(name, getattr(self, name), minimum=1, integer=True)
         for name in ("iters", "seed"):
-            _integer(name, getattr(self, name), minimum=0)
-        _integer("triangle_grid", self.triangle_grid, minimum=1)
+            _check_number(name, getattr(self, name), minimum=0, integer=True)
+        _check_number("triangle_grid", self.triangle_grid, minimum=1, integer=True)
         for name in ("step_size", "pthresh"):
-            _real(name, getattr(self, name), positive=True)
+            _check_number(name, getattr(self, name), minimum=0, strict=True)
         for name in ("adv_step_size", "init_noise"):
-            _real(name, getattr(self, name), positive=False)
-        min_conf = _real("min_conf", self.min_conf, positive=False)
+            _check_number(name, getattr(self, name), minimum=0)
+        min_conf = _check_number("min_conf", self.min_conf, minimum=0)
         if min_conf >= 1:
             raise ValueError(f"min_conf must be in [0, 1), got {min_conf}")
         for name in ("pretrained", "triangles", "save_images"):
@@ -82,11 +81,11 @@ class SweepConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std must be given together")
         if self.num_classes is not None:
-            _integer("num_classes", self.num_classes, minimum=2)
+            _check_number("num_classes", self.num_classes, minimum=2, integer=True)
         if self.image_size is not None:
-            _integer("image_size", self.image_size, minimum=8)
+            _check_number("image_size", self.image_size, minimum=8, integer=True)
         if self.log_every is not None:
-            _integer("log_every", self.log_every, minimum=1)
+            _check_number("log_every", self.log_every, minimum=1, integer=True)
         if not isinstance(self.model, str) or not self.model:
             raise TypeError(f"model must be a non-empty string, got {self.model!r}")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
@@ -143,19 +142,3 @@ def differences(stored: dict, current: dict) -> list[str]:
     return [
         f"{k}: {stored.get(k)!r} in the folder, {current.get(k)!r} now" for k in keys if stored.get(k) != current.get(k)
     ]
-
-
-def _integer(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 
 from lst_fast import metrics
+from lst_fast.geometry import TABLE2_COLUMNS
 
 DISTANCES = ("l2", "linf", "ssim", "lpips")
-TRIANGLE_KEYS = ("p_src", "mean", "frac_0.0", "frac_0.1", "frac_0.2", "frac_0.3", "edge_mean", "edge_min")
-# Table 2 averages the first seven per source; edge_min is the per-source minimum.
-TRIANGLE_TABLE_KEYS = TRIANGLE_KEYS[:7]
+# Table 2 averages these per source; edge_min is the per-source minimum.
+TRIANGLE_TABLE_KEYS = TABLE2_COLUMNS
+TRIANGLE_KEYS = (*TABLE2_COLUMNS, "edge_min")
 
 
 def choose_distances(lpips_weights=None) -> tuple[tuple[str, ...], str | None]:

@@ -42,9 +42,7 @@ def plot_sweep(
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise ValueError(f"pairs must be an int >= 1, got {pairs!r}")
     store = SweepStore(out_dir)
-    manifest, selection = store.read_json(store.manifest_path), store.read_json(store.selection_path)
-    if manifest is None or selection is None:
-        raise FileNotFoundError(f"{out_dir} is not a sweep folder (no manifest.json and selection.json)")
+    manifest, selection = store.read_existing()
     config = config_from_manifest(manifest, checkpoint=checkpoint)
     figures = Path(figures_dir) if figures_dir is not None else Path(out_dir) / "figures"
     plan = make_plan(len(selection["indices"]), config.rounds, config.batch_size, config.seed)

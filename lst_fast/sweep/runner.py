@@ -227,9 +227,11 @@ def _selection(store, config, model, normalizer, dataset, device, workers) -> Se
             model, normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
             seed=config.seed, batch_size=config.eval_batch_size, device=device, workers=workers,
         )
-        _check_selection(selection, config)
+        _check_selection(selection, config)  # before writing: a selection a sweep cannot use is never stored
         stored = store.write_json_once(store.selection_path, selection.to_json())
-    selection = Selection.from_json(stored)
+        if stored == selection.to_json():
+            return selection
+    selection = Selection.from_json(stored)  # written earlier, or just now by another process
     if selection.dataset_size != len(dataset):
         raise ValueError(
             f"the data set {config.data!r} now has {len(dataset)} images, but this sweep chose its images from "

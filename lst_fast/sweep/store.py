@@ -57,6 +57,13 @@ class SweepStore:
         self.manifest_path = self.root / "manifest.json"
         self.selection_path = self.root / "selection.json"
 
+    def read_existing(self) -> tuple[dict, dict]:
+        """The manifest and the image selection of this folder, which must hold a sweep."""
+        manifest, selection = self.read_json(self.manifest_path), self.read_json(self.selection_path)
+        if manifest is None or selection is None:
+            raise FileNotFoundError(f"{self.root} is not a sweep folder (no manifest.json and selection.json)")
+        return manifest, selection
+
     def unit_path(self, kind: str, name: str) -> Path:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
