@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lst_fast.fusion import fold_batchnorm
-from lst_fast.traversal import make_forward
+from lst_fast.traversal import _check_number, make_forward
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -138,8 +138,8 @@ def with_autocast(forward, autocast):
     return autocast_forward
 
 
-# How many input values one model call should take on a CPU. Measured on 2 cores (forward+backward, ms per
-# 224x224 image in calls of 2/4/8/16 images): EfficientNet-Lite0 30/28/34/33, resnet50 121/104/149/158,
+# How many input values one model call should take on a CPU. Measured on 2 cores on 2026-11-29 at commit
+# 23c5b39 with a one-off script (forward+backward, ms per 224x224 image in calls of 2/4/8/16 images): EfficientNet-Lite0 30/28/34/33, resnet50 121/104/149/158,
 # convnext_tiny 125/120/126/153, deit_small 143/120/134/120, resnet18 51/47/44/42, vit_tiny 53/49/45/43.
 # For the convolutional models four images per call is the best or close to it (larger
 # calls' activations fall out of the caches); forward-only calls behave alike (EfficientNet-Lite0: 11.1 ms per
@@ -151,6 +151,8 @@ CPU_VALUES_PER_CALL = 4 * 3 * 224 * 224
 def default_rows_per_call(x: torch.Tensor, convolutional: bool) -> int | None:
     """Rows of a batch like ``x`` per model call: about four 224x224 images' worth for a convolutional model
     (:func:`is_convolutional`) on CPU, all of them (None) otherwise."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise TypeError(f"x must be a batch tensor, got {type(x).__name__}")
     if x.device.type != "cpu" or not convolutional:
         return None
     return max(1, CPU_VALUES_PER_CALL // max(1, x.shape[1:].numel()))
@@ -159,6 +161,8 @@ def default_rows_per_call(x: torch.Tensor, convolutional: bool) -> int | None:
 def row_slices(rows: int, rows_per_call: int | None) -> list[slice]:
     """The fewest model calls of at most ``rows_per_call`` rows (None: one call), as even as possible:
     6 rows at 4 per call run as 3 + 3, not 4 + 2."""
+    rows = _check_number("rows", rows, minimum=0, integer=True)
+    _check_number("rows_per_call", rows_per_call, minimum=1, integer=True, allow_none=True)
     calls = 1 if rows_per_call is None else max(1, -(-rows // rows_per_call))
     bounds = [rows * k // calls for k in range(calls + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

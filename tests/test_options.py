@@ -119,6 +119,12 @@ def test_rows_per_call_default_depends_on_device_and_image_size():
     assert [(s.start, s.stop) for s in tuning.row_slices(6, 4)] == [(0, 3), (3, 6)]  # even calls, not 4 + 2
     assert [(s.start, s.stop) for s in tuning.row_slices(8, 3)] == [(0, 2), (2, 5), (5, 8)]
     assert tuning.row_slices(5, None) == [slice(0, 5)] and tuning.row_slices(5, 9) == [slice(0, 5)]
+    with pytest.raises(ValueError, match="rows_per_call must be >= 1"):
+        tuning.row_slices(4, 0)
+    with pytest.raises(TypeError, match="rows must be an int"):
+        tuning.row_slices(4.0, 2)
+    with pytest.raises(TypeError, match="x must be a batch tensor"):
+        tuning.default_rows_per_call([1, 2], convolutional=True)
     assert tuning.is_convolutional(tiny_cnn()) and not tuning.is_convolutional(torch.nn.Conv2d(3, 3, 1))
     for bad in (0, -2, 2.0, True, "all"):
         with pytest.raises(ValueError, match="rows_per_call must be"):
