@@ -10,6 +10,7 @@ rejected rows, and never runs the reference's second forward. The step itself is
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -62,6 +63,10 @@ def traverse_batch(
     cuda_graphs: bool = False,
     rows_per_call: int | str | None = "auto",
     backend: str | None = None,
+    schedule: str = "paper",
+    step_growth: float = 1.3,
+    step_shrink: float = 0.5,
+    max_step_scale: float = 10.0,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
 
@@ -94,15 +99,26 @@ def traverse_batch(
             (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
             are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
+        schedule: ``"paper"`` (default): ``iters`` steps of ``step_size``, exactly the spec's loop.
+            ``"adaptive"``: each row grows its step by ``step_growth`` after an accepted candidate and shrinks
+            it by ``step_shrink`` after a rejected one, between ``step_size`` and ``max_step_scale * step_size``,
+            with the correction ``adv_step_size`` scaled alike; a row stops once its accepted steps add up to
+            the paper's ``iters * step_size`` (or after ``iters`` candidates, the budget) and leaves the model
+            calls. The acceptance rule is the spec's. ``record`` is not available with it.
+        step_growth, step_shrink, max_step_scale: the adaptive schedule's knobs (>= 1, in (0, 1], >= 1); with
+            growth and shrink 1 it is the paper's loop.
     """
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
-        width_distances=width_distances, width_num_vecs=width_num_vecs,
+        width_distances=width_distances, width_num_vecs=width_num_vecs, schedule=schedule,
+        step_growth=step_growth, step_shrink=step_shrink, max_step_scale=max_step_scale,
     )
     for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if cuda_graphs and settings.schedule != "paper":
+        raise ValueError(f"cuda_graphs=True runs the paper's schedule only, got schedule={settings.schedule!r}")
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
@@ -114,15 +130,21 @@ def traverse_batch(
             raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
         autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
         if len(problem.labels) == 0:  # no valid rows: nothing to traverse
-            x, final_conf, accepted, recorder = problem.x0, problem.init_conf, problem.labels * 0, PathRecorder(settings)
+            return build_result(problem, settings, problem.x0, problem.init_conf, problem.labels * 0,
+                                PathRecorder(settings))
+        runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
+        forward = with_autocast(make_forward(runner, normalizer), autocast)
+        if settings.schedule == "adaptive":
+            x, final_conf, accepted, evaluations, last_step = _run_adaptive(
+                problem, forward, settings, layout, step_backend, progress, rows_per_call=rows
+            )
+            return build_result(problem, settings, x, final_conf, accepted, PathRecorder(settings),
+                                evaluations=evaluations, final_step_size=last_step)
+        if cuda_graphs:
+            run = functools.partial(run_static, capture=True)
         else:
-            runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
-            forward = with_autocast(make_forward(runner, normalizer), autocast)
-            if cuda_graphs:
-                run = functools.partial(run_static, capture=True)
-            else:
-                run = functools.partial(_run, rows_per_call=rows)
-            x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
+            run = functools.partial(_run, rows_per_call=rows)
+        x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
 
@@ -162,6 +184,125 @@ def _run(problem, forward, settings, layout, backend, progress, rows_per_call=No
         probs, grad = cand_probs, cand_grad
     final_conf = probs.gather(1, y.unsqueeze(1)).squeeze(1)
     return x, final_conf, accepted, recorder
+
+
+@dataclass
+class _AdaptiveRows:
+    """Per-row bookkeeping of the adaptive schedule, for the rows in the loop's buffer order."""
+
+    order: torch.Tensor  # (n,) int64: the valid row held at each buffer position
+    scale: torch.Tensor  # (n,) float64: the row's next step, in multiples of step_size
+    progress: torch.Tensor  # (n,) float64: accepted steps so far, in multiples of step_size
+    candidates: torch.Tensor  # (n,) int64: candidates evaluated
+    accepted: torch.Tensor  # (n,) int64
+    last_step: torch.Tensor  # (n,) float64: step size of the last candidate
+    conf: torch.Tensor  # (n,) source-class confidence at the current iterate
+
+    @classmethod
+    def start(cls, n: int, conf: torch.Tensor) -> "_AdaptiveRows":
+        device = conf.device
+        zeros = torch.zeros(n, dtype=torch.float64, device=device)
+        return cls(
+            order=torch.arange(n, device=device), scale=zeros + 1, progress=zeros.clone(),
+            candidates=torch.zeros(n, dtype=torch.long, device=device), accepted=torch.zeros(n, dtype=torch.long,
+            device=device), last_step=zeros.clone(), conf=conf.clone(),
+        )
+
+    def update(self, live: int, accept: torch.Tensor, cand_conf: torch.Tensor, settings) -> torch.Tensor:
+        """Book one candidate per live row; returns which live rows are finished."""
+        scale = self.scale[:live]
+        self.last_step[:live] = scale * settings.step_size
+        self.candidates[:live] += 1
+        self.accepted[:live] += accept
+        self.progress[:live] += torch.where(accept, scale, 0)
+        self.conf[:live] = torch.where(accept, cand_conf.to(self.conf.dtype), self.conf[:live])
+        grown = (scale * settings.step_growth).clamp_(max=settings.max_step_scale)
+        self.scale[:live] = torch.where(accept, grown, (scale * settings.step_shrink).clamp_(min=1.0))
+        return (self.progress[:live] >= settings.iters) | (self.candidates[:live] >= settings.iters)
+
+    def permute(self, live: int, perm: torch.Tensor) -> None:
+        """Reorder the first ``live`` rows by ``perm``."""
+        for t in (self.order, self.scale, self.progress, self.candidates, self.accepted, self.last_step, self.conf):
+            t[:live] = t[:live][perm]
+
+    def unpermuted(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (in buffer order) in the valid rows' order."""
+        return torch.empty_like(t).index_copy_(0, self.order, t)
+
+
+def _run_adaptive(problem, forward, settings, layout, backend, progress, rows_per_call=None):
+    """The adaptive schedule (``schedule="adaptive"``): per-row step sizes, finished rows leave the model calls.
+
+    Rows still running are kept at the front of the buffers (``live`` of them); when rows finish, the first
+    ``live`` rows are reordered once so that the running ones come first. Every candidate follows the spec's
+    step with the row's step ``scale * step_size`` and correction ``scale * adv_step_size`` (their ratio, which
+    sets how far from the target the correction holds the iterate, is the paper's), and the spec's
+    acceptance rule. A row is finished when its accepted steps add up to ``iters`` paper steps or after
+    ``iters`` candidates.
+    """
+    y, p0 = problem.labels.clone(), problem.init_conf.clone()
+    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
+    x = problem.x0.contiguous(memory_format=layout)
+    cand = torch.empty_like(x)
+    tgt = problem.tgt.contiguous(memory_format=layout)
+    delta = torch.zeros_like(x) if settings.adv_step_size > 0 else None
+    probs, grad = evaluate(x, y, need_grad=settings.iters > 0)
+    rows = _AdaptiveRows.start(len(y), probs.gather(1, y.unsqueeze(1)).squeeze(1))
+    live = len(y) if settings.iters > 0 else 0
+    bar = tqdm(total=settings.iters, disable=not progress, desc="LST (adaptive)")
+    for it in range(settings.iters):
+        if live == 0:
+            break
+        bar.update()
+        scale = rows.scale[:live]
+        _scaled_step(x[:live], grad, tgt[:live], None if delta is None else delta[:live], cand[:live], scale,
+                     settings, backend)
+        # Rows whose accepted candidate would finish them need no gradient there (nor do rejected ones).
+        last = it == settings.iters - 1 or bool((rows.progress[:live] + scale >= settings.iters).all())
+        cand_probs, cand_grad = evaluate(cand[:live], y[:live], need_grad=not last)
+        cand_conf = cand_probs.gather(1, y[:live].unsqueeze(1)).squeeze(1)
+        accept = p0[:live] - cand_conf < settings.pthresh
+        finished = rows.update(live, accept, cand_conf, settings)
+        rejected = (~accept).nonzero().squeeze(1)
+        if len(rejected):
+            cand.index_copy_(0, rejected, x.index_select(0, rejected))
+            if cand_grad is not None:
+                cand_grad.index_copy_(0, rejected, grad.index_select(0, rejected))
+        x, cand = cand, x
+        if cand_grad is not None:  # else every row that accepted is finished, and the others keep their gradient
+            grad = cand_grad
+        if finished.any():
+            running = live
+            live, grad = _retire(finished, live, rows, (x, tgt, delta), (y, p0), grad)
+            cand[live:running] = x[live:running]  # the buffers swap roles: both hold the finished rows' outputs
+    bar.close()
+    evaluations = rows.unpermuted(rows.candidates) + 1  # the start point and every candidate
+    return (rows.unpermuted(x), rows.unpermuted(rows.conf), rows.unpermuted(rows.accepted), evaluations,
+            rows.unpermuted(rows.last_step))
+
+
+def _scaled_step(x, grad, tgt, delta, out, scale: torch.Tensor, settings, backend: str) -> None:
+    """The spec's step with per-row step sizes ``scale * step_size`` (correction scaled alike): one kernel call
+    when every row has the same scale (the usual case), else the PyTorch twin with per-row values."""
+    first = scale[0].item()
+    if bool((scale == first).all()):
+        ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * first,
+                      adv_step_size=settings.adv_step_size * first, backend=backend)
+    else:
+        ops.lst_step_torch_(x, grad, tgt, delta, out, step_size=scale * settings.step_size,
+                            adv_step_size=scale * settings.adv_step_size)
+
+
+def _retire(finished, live: int, rows: _AdaptiveRows, images, vectors, grad):
+    """Move the finished rows behind the running ones (one reordering of the first ``live`` rows of every
+    buffer); returns the new number of running rows and their gradient."""
+    keep = (~finished).nonzero().squeeze(1)
+    perm = torch.cat([keep, finished.nonzero().squeeze(1)])
+    for t in images + vectors:
+        if t is not None:
+            t[:live] = t[:live].index_select(0, perm)
+    rows.permute(live, perm)
+    return len(keep), (None if grad is None else grad.index_select(0, keep).contiguous(memory_format=_layout_of(grad)))
 
 
 def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):

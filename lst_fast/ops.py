@@ -147,12 +147,15 @@ def _kernel(backend: str) -> Callable:
 # The step
 
 
-def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size: float) -> None:
+def lst_step_torch_(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> None:
     """Pure-PyTorch twin: writes the candidate into ``out`` and updates ``delta`` in place (if not None).
 
     ``out`` doubles as the scratch buffer for ``v`` and ``v_perp``, so the only allocations are two (B,)
     vectors for the per-row dot products (when all tensors share a memory format).
+    ``step_size`` and ``adv_step_size`` are floats, or (B,) tensors of per-row values (the adaptive schedule's
+    rows of different step sizes; the compiled kernels take floats only).
     """
+    step_size, adv_step_size = _as_row_column(step_size, x), _as_row_column(adv_step_size, x)
     v = torch.sub(tgt, x, out=out)  # v = tgt - x
     grad_v = row_dot(grad, v)
     grad_grad = row_dot(grad, grad)
@@ -161,10 +164,22 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size: float, adv_step_size
     coef = torch.where(nonzero, grad_v / torch.where(nonzero, grad_grad, 1), 0)
     v.addcmul_(grad, coef.neg_().view(-1, *([1] * (x.dim() - 1))))
     out.mul_(step_size).add_(x)  # x + step_size * v_perp
-    if delta is not None and adv_step_size > 0:
+    if delta is not None and isinstance(adv_step_size, torch.Tensor):
+        delta.addcmul_(grad, adv_step_size / 2).clamp_(min=-adv_step_size, max=adv_step_size)
+        out.sub_(delta)
+    elif delta is not None and adv_step_size > 0:
         delta.add_(grad, alpha=adv_step_size / 2).clamp_(-adv_step_size, adv_step_size)
         out.sub_(delta)
     out.clamp_(0, 1)
+
+
+def _as_row_column(value, x: torch.Tensor):
+    """A float as it is; a (B,) tensor as a (B, 1, 1, ...) column in x's dtype, to broadcast over each row."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.shape != x.shape[:1]:
+        raise ValueError(f"per-row step sizes must have shape ({x.shape[0]},), got {tuple(value.shape)}")
+    return value.to(dtype=x.dtype, device=x.device).view(-1, *([1] * (x.dim() - 1)))
 
 
 def _run_step(x, grad, tgt, delta, out, step_size: float, adv_step_size: float, backend: str) -> None:

@@ -40,18 +40,26 @@ def traverse_batch(
     width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    schedule: str = "paper",
+    step_growth: float = 1.3,
+    step_shrink: float = 0.5,
+    max_step_scale: float = 10.0,
 ) -> TraversalResult:
     """Level set traversal from each source towards its target (reference implementation).
 
-    Takes the same arguments and returns the same type as :func:`lst_fast.traverse_batch`.
+    Takes the same arguments and returns the same type as :func:`lst_fast.traverse_batch`. The adaptive
+    schedule runs every row in every iteration and masks the finished ones (the fast path removes them).
     """
     settings = check_settings(
         step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
         init_noise=init_noise, log_every=log_every, record=record,
-        width_distances=width_distances, width_num_vecs=width_num_vecs,
+        width_distances=width_distances, width_num_vecs=width_num_vecs, schedule=schedule,
+        step_growth=step_growth, step_shrink=step_shrink, max_step_scale=max_step_scale,
     )
     with model_guard(model):
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
+        if settings.schedule == "adaptive":
+            return _traverse_adaptive(problem, settings, progress)
         forward, y, tgt, p0 = problem.forward, problem.labels, problem.tgt, problem.init_conf
         x = problem.x0.clone()
         delta = torch.zeros_like(x)
@@ -84,3 +92,53 @@ def traverse_batch(
         with torch.no_grad():
             final_conf = class_conf(forward(x), y) if len(y) else p0
     return build_result(problem, settings, x, final_conf, accepted, recorder)
+
+
+def _traverse_adaptive(problem, settings, progress: bool) -> TraversalResult:
+    """The adaptive schedule in plain PyTorch (see :func:`lst_fast.traverse_batch`): the spec's iteration
+    with per-row step ``scale * step_size`` and correction ``scale * adv_step_size``; ``scale`` grows by
+    ``step_growth`` on accept and shrinks by ``step_shrink`` on reject, within [1, max_step_scale]; a row stops
+    once its accepted scales add up to ``iters`` or after ``iters`` candidates."""
+    forward, y, tgt, p0 = problem.forward, problem.labels, problem.tgt, problem.init_conf
+    x = problem.x0.clone()
+    delta = torch.zeros_like(x)
+    n = len(y)
+    running = torch.ones(n, dtype=torch.bool, device=x.device)
+    scale = torch.ones(n, dtype=torch.float64, device=x.device)
+    steps_done = torch.zeros(n, dtype=torch.float64, device=x.device)  # accepted steps, in units of step_size
+    candidates = torch.zeros(n, dtype=torch.long, device=x.device)
+    accepted = torch.zeros_like(candidates)
+    last_step = torch.zeros(n, dtype=torch.float64, device=x.device)
+    column = (-1,) + (1,) * (x.dim() - 1)
+    for _ in tqdm(range(settings.iters if n else 0), disable=not progress, desc="LST (reference, adaptive)"):
+        if not running.any():
+            break
+        x_in = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(input_grad_loss(forward(x_in), y), x_in)
+        v = tgt - x
+        grad_v = (grad * v).flatten(1).sum(1)
+        grad_grad = (grad * grad).flatten(1).sum(1)
+        v_perp = v - grad * (grad_v / grad_grad).view(column)
+        v_perp = torch.where((grad_grad == 0).view(column), v, v_perp)
+        eta = (settings.step_size * scale).to(x.dtype).view(column)
+        a = (settings.adv_step_size * scale).to(x.dtype).view(column)
+        if settings.adv_step_size > 0:
+            delta = torch.where(running.view(column), torch.clamp(delta + (a / 2) * grad, -a, a), delta)
+        cand = torch.clamp(x + eta * v_perp - delta, 0, 1)
+        with torch.no_grad():
+            accept = (p0 - class_conf(forward(cand), y) < settings.pthresh) & running
+        x = torch.where(accept.view(column), cand, x)
+        accepted += accept
+        candidates += running
+        steps_done += torch.where(accept, scale, 0)
+        last_step = torch.where(running, settings.step_size * scale, last_step)
+        new_scale = torch.where(
+            accept, (scale * settings.step_growth).clamp(max=settings.max_step_scale),
+            (scale * settings.step_shrink).clamp(min=1.0),
+        )
+        scale = torch.where(running, new_scale, scale)
+        running &= (steps_done < settings.iters) & (candidates < settings.iters)
+    with torch.no_grad():
+        final_conf = class_conf(forward(x), y) if n else p0
+    return build_result(problem, settings, x, final_conf, accepted, PathRecorder(settings),
+                        evaluations=candidates + 1, final_step_size=last_step)

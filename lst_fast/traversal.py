@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 RECORDABLE = ("conf", "images", "widths")
+SCHEDULES = ("paper", "adaptive")
 VALUE_TOLERANCE = 1e-6  # images may leave [0, 1] by this much (rounding in preprocessing) and are clamped
 
 
@@ -38,6 +39,10 @@ class TraversalResult:
     final_conf: torch.Tensor  # (B,) p(images)[y]
     accepted: torch.Tensor  # (B,) int64 number of accepted steps
     iters: int
+    # (B,) int64 model evaluations of the row: its start point and every candidate (``iters + 1`` under the
+    # paper's schedule, fewer under the adaptive one; 0 for invalid rows)
+    evaluations: torch.Tensor | None = None
+    final_step_size: torch.Tensor | None = None  # (B,) float64 step size of the row's last candidate (0: invalid)
     target_labels: torch.Tensor | None = None  # (B,) int64, when confidences are recorded
     path_iters: torch.Tensor | None = None  # (L,) int64
     path_conf: torch.Tensor | None = None  # (B, L) source-class confidence along the path
@@ -68,6 +73,10 @@ class Settings:
     record: tuple[str, ...]
     width_distances: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # radii of the recorded path widths
     width_num_vecs: int = 256  # random directions per recorded path width
+    schedule: str = "paper"  # "paper": iters fixed steps; "adaptive": see lst_fast.fast (iters is the budget)
+    step_growth: float = 1.3  # adaptive: the row's step scale is multiplied by this after an accepted step
+    step_shrink: float = 0.5  # adaptive: ... and by this after a rejected one (never below the paper's step)
+    max_step_scale: float = 10.0  # adaptive: largest step, in multiples of step_size
 
 
 @dataclass
@@ -159,6 +168,10 @@ def check_settings(
     record,
     width_distances=(0.5, 1, 1.5, 2),
     width_num_vecs=256,
+    schedule="paper",
+    step_growth=1.3,
+    step_shrink=0.5,
+    max_step_scale=10.0,
 ) -> Settings:
     if isinstance(record, str):
         record = (record,)
@@ -173,6 +186,16 @@ def check_settings(
     width_distances, width_num_vecs = check_width_settings(
         width_distances, width_num_vecs, names=("width_distances", "width_num_vecs")
     )
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "adaptive" and record:
+        raise ValueError(
+            f"record={record} is not available with schedule='adaptive' (rows move at different paces); "
+            "record along the path with schedule='paper'"
+        )
+    step_shrink = _check_number("step_shrink", step_shrink, minimum=0, strict=True)
+    if step_shrink > 1:
+        raise ValueError(f"step_shrink must be in (0, 1], got {step_shrink!r}")
     return Settings(
         step_size=_check_number("step_size", step_size, minimum=0, strict=True),
         iters=_check_number("iters", iters, minimum=0, integer=True),
@@ -183,6 +206,10 @@ def check_settings(
         record=record,
         width_distances=width_distances,
         width_num_vecs=width_num_vecs,
+        schedule=schedule,
+        step_growth=_check_number("step_growth", step_growth, minimum=1),
+        step_shrink=step_shrink,
+        max_step_scale=_check_number("max_step_scale", max_step_scale, minimum=1),
     )
 
 
@@ -382,8 +409,18 @@ def _scatter_path(valid: torch.Tensor, steps: list[torch.Tensor], fill_value, fi
     return out
 
 
-def build_result(problem: Problem, settings: Settings, x, final_conf, accepted, recorder) -> TraversalResult:
+def build_result(
+    problem: Problem, settings: Settings, x, final_conf, accepted, recorder, *, evaluations=None, final_step_size=None
+) -> TraversalResult:
+    """The result for the whole batch. ``evaluations`` and ``final_step_size`` (per valid row) default to the
+    paper's schedule: ``iters + 1`` evaluations and ``step_size``."""
     valid = problem.valid
+    n_valid = int(valid.sum())
+    if evaluations is None:
+        evaluations = torch.full((n_valid,), settings.iters + 1, dtype=torch.long, device=valid.device)
+    if final_step_size is None:
+        final_step_size = torch.full((n_valid,), settings.step_size, dtype=torch.float64, device=valid.device)
+    no_rows = torch.zeros(valid.shape, dtype=torch.float64, device=valid.device)
     result = TraversalResult(
         images=_scatter(valid, x.detach(), problem.srcs_all).contiguous(),
         valid=valid,
@@ -392,6 +429,8 @@ def build_result(problem: Problem, settings: Settings, x, final_conf, accepted, 
         final_conf=_scatter(valid, final_conf.detach(), problem.init_conf_all),
         accepted=_scatter(valid, accepted, torch.zeros_like(problem.labels_all)),
         iters=settings.iters,
+        evaluations=_scatter(valid, evaluations, torch.zeros_like(problem.labels_all)),
+        final_step_size=_scatter(valid, final_step_size, no_rows),
         target_labels=problem.target_labels_all,
     )
     if recorder.iters:
