@@ -15,7 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
+from lst_fast.classifier import input_grad_loss, make_forward, model_guard, probabilities
 from lst_fast.graphs import run_static
+from lst_fast.rows import memory_format_of
+from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
 from lst_fast.tuning import (
     autocast_context,
     resolve_memory_format,
@@ -24,36 +27,20 @@ from lst_fast.tuning import (
     tuned_model,
     with_autocast,
 )
-from lst_fast.traversal import (
-    PathRecorder,
-    TraversalResult,
-    build_result,
-    check_settings,
-    input_grad_loss,
-    make_forward,
-    model_guard,
-    prepare,
-    probabilities,
-)
+from lst_fast.traversal import PathRecorder, TraversalResult, build_result, prepare
+from lst_fast.validation import check_bool
 
 
+@with_setting_keywords
 def traverse_batch(
     model: torch.nn.Module,
     srcs: torch.Tensor,
     tgts: torch.Tensor,
     labels=None,
     *,
+    settings: TraversalSettings | None = None,
     target_labels=None,
     normalizer=None,
-    step_size: float = 1e-2,
-    iters: int = 400,
-    pthresh: float = 0.2,
-    adv_step_size: float | None = 2e-3,
-    init_noise: float = 4 / 255,
-    log_every: int = 0,
-    record=(),
-    width_distances=(0.5, 1, 1.5, 2),
-    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
     memory_format: str = "auto",
@@ -62,6 +49,7 @@ def traverse_batch(
     cuda_graphs: bool = False,
     rows_per_call: int | str | None = "auto",
     backend: str | None = None,
+    **setting_keywords,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
 
@@ -72,6 +60,8 @@ def traverse_batch(
             their label are invalid and returned unchanged.
         target_labels: (B,) target classes for the recorded target confidence; default ``argmax model(tgts)``.
         normalizer: callable applied to images before the model (e.g. :class:`lst_fast.models.Normalize`).
+        settings: a :class:`lst_fast.settings.TraversalSettings`; or give its fields as keywords (not both,
+            unless they agree):
         step_size, iters, pthresh, adv_step_size, init_noise: the spec's settings; ``adv_step_size`` None or
             0 turns the adversarial correction off.
         log_every, record: record ``"conf"`` (source/target confidence), ``"images"`` and/or ``"widths"``
@@ -95,14 +85,9 @@ def traverse_batch(
             are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
     """
-    settings = check_settings(
-        step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
-        init_noise=init_noise, log_every=log_every, record=record,
-        width_distances=width_distances, width_num_vecs=width_num_vecs,
-    )
-    for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    settings = check_settings(settings, **setting_keywords)
+    check_bool("fold_batchnorm", fold_batchnorm)
+    check_bool("cuda_graphs", cuda_graphs)
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
@@ -189,14 +174,8 @@ def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad:
         logits = forward(x_in)
         (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
-        grad = grad.contiguous(memory_format=_layout_of(x))
+        grad = grad.contiguous(memory_format=memory_format_of(x))
     return probabilities(logits), grad
-
-
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _check_backend(backend: str | None, x: torch.Tensor) -> str:
