@@ -63,8 +63,8 @@ class TraversalSettings:
     Defaults are the paper's. ``adv_step_size`` None or 0 turns the adversarial correction off (stored as 0.0).
     """
 
-    step_size: float = setting(1e-2, "LST step size", Number(minimum=0, strict=True), sweep=True)
     iters: int = setting(400, "LST iterations", Number(minimum=0, integer=True), sweep=True)
+    step_size: float = setting(1e-2, "LST step size", Number(minimum=0, strict=True), sweep=True)
     pthresh: float = setting(
         0.2, "largest allowed drop of source confidence", Number(minimum=0, strict=True), sweep=True
     )
@@ -103,7 +103,9 @@ def check_settings(settings: TraversalSettings | None = None, /, **keywords) -> 
     if settings is None:
         return TraversalSettings(**keywords)
     if not isinstance(settings, TraversalSettings):
-        raise TypeError(f"settings must be a lst_fast.settings.TraversalSettings or None, got {type(settings).__name__}")
+        raise TypeError(
+            f"settings must be a lst_fast.settings.TraversalSettings or None, got {type(settings).__name__}"
+        )
     merged = dataclasses.replace(settings, **keywords)
     conflicts = [f"{k}={keywords[k]!r} but settings.{k}={getattr(settings, k)!r}"
                  for k in keywords if getattr(merged, k) != getattr(settings, k)]

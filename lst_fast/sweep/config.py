@@ -64,7 +64,9 @@ class SweepConfig:
         fixed = [f.name for f in dataclasses.fields(TraversalSettings) if f.name not in SWEPT]
         chosen = [name for name in fixed if getattr(traversal, name) != getattr(TraversalSettings(), name)]
         if chosen:
-            raise ValueError(f"a sweep chooses {chosen} itself (see SweepConfig.lst_settings); leave them at their defaults")
+            raise ValueError(
+                f"a sweep chooses {chosen} itself (see SweepConfig.lst_settings); leave them at their defaults"
+            )
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, values.get(f.name, f.default))
         object.__setattr__(self, "traversal", dataclasses.replace(traversal, **swept))
@@ -79,7 +81,8 @@ class SweepConfig:
         """The settings of the sweep's traversals: ``traversal``, recording the source- and target-class
         confidence every :attr:`path_log_every` iterations; ``recording`` replaces that (e.g. ``record=("widths",)``
         for ``lst-fast plot``). Runs with ``precision`` on the fast path."""
-        return dataclasses.replace(self.traversal, **({"log_every": self.path_log_every, "record": ("conf",)} | recording))
+        recorded = {"log_every": self.path_log_every, "record": ("conf",)} | recording
+        return dataclasses.replace(self.traversal, **recorded)
 
     def checked(self) -> "SweepConfig":
         """This configuration after checking every field; raises ValueError/TypeError naming the field."""
