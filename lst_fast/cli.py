@@ -143,17 +143,19 @@ def _add_sweep(commands) -> None:
 
 def _add_setting_options(group) -> None:
     """One option per setting of lst_fast.settings.TraversalSettings marked ``sweep``, from its field: the
-    name (--step-size for step_size), default, help text and check (or choices)."""
+    name (--step-size for step_size), default, help text, check and (for a Choice) choices."""
     from lst_fast.settings import SWEEP_SETTINGS
 
     for f in SWEEP_SETTINGS:
-        choices, check = f.metadata["choices"], f.metadata["check"]
-        kind = dict(choices=list(choices)) if choices else dict(type=_parser(f.name, check))
-        group.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"], **kind)
+        check = f.metadata["check"]
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), type=_parser(f.name, check), choices=getattr(check, "options", None),
+            default=f.default, help=f.metadata["help"],
+        )
 
 
 def _parser(name: str, rule):
-    """An argparse type for a lst_fast.settings.Number: the checked value, or the check's message."""
+    """An argparse type for a lst_fast.settings.Number or Choice: the checked value, or the check's message."""
 
     def parse(text: str):
         try:

@@ -40,6 +40,21 @@ class Number:
         return self(name, value)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The rule of a setting that is one of a few strings (the command line offers them as choices)."""
+
+    options: tuple[str, ...]
+
+    def __call__(self, name: str, value):
+        if not isinstance(value, str) or value not in self.options:
+            raise ValueError(f"{name} must be one of {list(self.options)}, got {value!r}")
+        return value
+
+    def parse(self, name: str, text: str):
+        return self(name, text)
+
+
 def check_record(name: str, record) -> tuple[str, ...]:
     """What to record along the path: a subset of RECORDABLE (one name may be given as a string)."""
     record = (record,) if isinstance(record, str) else tuple(record)
@@ -49,11 +64,11 @@ def check_record(name: str, record) -> tuple[str, ...]:
     return record
 
 
-def setting(default, help: str, check, *, sweep: bool = False, choices: tuple | None = None):
+def setting(default, help: str, check, *, sweep: bool = False):
     """A field of :class:`TraversalSettings`: its default, help text (documentation and command line), check
     (``check(name, value)`` returns the normalised value or raises), and whether ``lst-fast sweep`` has an
-    option for it (``check`` must then be a :class:`Number`, or ``choices`` name the allowed strings)."""
-    return field(default=default, metadata={"help": help, "check": check, "sweep": sweep, "choices": choices})
+    option for it (``check`` must then be a :class:`Number` or a :class:`Choice`, which can parse text)."""
+    return field(default=default, metadata={"help": help, "check": check, "sweep": sweep})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,7 @@
 """One settings object for a traversal (lst_fast.settings.TraversalSettings): checked on construction, taken
 by both loops as ``settings=`` or as keywords, embedded in SweepConfig, and the source of the sweep's options."""
 
+import argparse
 import dataclasses
 import inspect
 
@@ -9,7 +10,7 @@ import torch
 
 import lst_fast
 from lst_fast import cli, reference
-from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings, check_settings
+from lst_fast.settings import SWEEP_SETTINGS, Choice, TraversalSettings, check_settings
 from lst_fast.sweep.config import SweepConfig, differences
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
@@ -122,3 +123,15 @@ def test_sweep_options_come_from_the_settings_fields():
     assert (args.iters, args.adv_step_size) == (9, 0.0)
     with pytest.raises(SystemExit):
         parser.parse_args(["sweep", "--model", "m", "--data", "embedded", "--out", "x", "--pthresh", "-1"])
+
+
+def test_a_choice_setting_checks_and_parses_its_options():
+    """For settings that take one of a few strings (none yet): the check, and the command line's parser."""
+    rule = Choice(("paper", "adaptive"))
+    assert rule("schedule", "paper") == "paper"
+    with pytest.raises(ValueError, match=r"schedule must be one of \['paper', 'adaptive'\], got 'fast'"):
+        rule("schedule", "fast")
+    parse = cli._parser("schedule", rule)
+    assert parse("adaptive") == "adaptive"
+    with pytest.raises(argparse.ArgumentTypeError, match="schedule must be one of"):
+        parse("fast")
