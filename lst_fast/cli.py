@@ -149,12 +149,12 @@ def _add_setting_options(group) -> None:
     for f in SWEEP_SETTINGS:
         check = f.metadata["check"]
         group.add_argument(
-            "--" + f.name.replace("_", "-"), type=_parser(f.name, check), choices=getattr(check, "options", None),
+            "--" + f.name.replace("_", "-"), type=option_type(f.name, check), choices=getattr(check, "options", None),
             default=f.default, help=f.metadata["help"],
         )
 
 
-def _parser(name: str, rule):
+def option_type(name: str, rule):
     """An argparse type for a lst_fast.settings.Number or Choice: the checked value, or the check's message."""
 
     def parse(text: str):

@@ -131,7 +131,7 @@ def test_a_choice_setting_checks_and_parses_its_options():
     assert rule("schedule", "paper") == "paper"
     with pytest.raises(ValueError, match=r"schedule must be one of \['paper', 'adaptive'\], got 'fast'"):
         rule("schedule", "fast")
-    parse = cli._parser("schedule", rule)
+    parse = cli.option_type("schedule", rule)
     assert parse("adaptive") == "adaptive"
     with pytest.raises(argparse.ArgumentTypeError, match="schedule must be one of"):
         parse("fast")
