@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lst_fast import data, geometry, models, plots
+from lst_fast import data, geometry, models, plots, tables
 from lst_fast.fast import traverse_batch
 from lst_fast.tuning import is_convolutional
 
@@ -218,8 +218,8 @@ def main() -> None:
         print(f"  speed-up {report[f'triangles_{layout}']['speedup']:.2f}x", flush=True)
     stats = geometry.triangle_stats(model, srcs, outs_a, outs_b, tri_labels, normalizer=normalizer)
     per_source = geometry.aggregate_triangles(stats, source_ids)
-    report["table2_example"] = geometry.mean_std_table({"EfficientNet-Lite0": per_source},
-                                                       columns=geometry.TABLE2_COLUMNS)
+    report["table2_example"] = tables.mean_std_table({"EfficientNet-Lite0": per_source},
+                                                     columns=geometry.TABLE2_COLUMNS)
 
     # Path widths at LST outputs, direction v_perp.
     count = min(args.samples, len(result.images))

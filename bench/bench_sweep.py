@@ -38,7 +38,7 @@ from common import machine_info, sync, write_results  # noqa: E402
 from lst_fast import data, geometry, metrics, models, reference, tables  # noqa: E402
 from lst_fast.sweep import SweepConfig, run_sweep  # noqa: E402
 from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator  # noqa: E402
-from lst_fast.traversal import class_conf  # noqa: E402
+from lst_fast.classifier import class_conf  # noqa: E402
 
 
 def original_style(config: SweepConfig, model, normalizer, device) -> dict:
@@ -56,8 +56,8 @@ def original_style(config: SweepConfig, model, normalizer, device) -> dict:
     for unit in plan.traverse:
         src, tgt = list(unit.sources), list(unit.targets)
         result = reference.traverse_batch(
-            model, images[src], images[tgt], labels[src], normalizer=normalizer, iters=config.iters,
-            step_size=config.step_size, pthresh=config.pthresh, adv_step_size=config.adv_step_size,
+            model, images[src], images[tgt], labels[src], normalizer=normalizer,
+            settings=config.lst_settings(record=()),
             generator=unit_generator(config.seed, unit.round, unit.batch, device),
         )
         outputs[unit.round, src] = result.images

@@ -35,7 +35,7 @@ from common import cuda_peak_memory_mb, interleaved_samples, machine_info, rss_p
 
 import lst_fast  # noqa: E402
 from lst_fast import data, models, reference, tuning  # noqa: E402
-from lst_fast.traversal import input_grad_loss  # noqa: E402
+from lst_fast.classifier import input_grad_loss  # noqa: E402
 from lst_fast.tuning import (  # noqa: E402
     autocast_context,
     default_rows_per_call,

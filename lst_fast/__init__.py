@@ -7,7 +7,8 @@ confidence in the source class. ``lst_fast.traverse_batch`` is the fast implemen
 """
 
 from lst_fast.fast import traverse_batch
+from lst_fast.settings import TraversalSettings
 from lst_fast.traversal import TraversalResult
 
-__all__ = ["traverse_batch", "TraversalResult"]
+__all__ = ["traverse_batch", "TraversalResult", "TraversalSettings"]
 __version__ = "0.1.0"

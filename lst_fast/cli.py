@@ -113,13 +113,7 @@ def _add_sweep(commands) -> None:
                      help="pairs per LST batch = sources per work unit")
     lst.add_argument("--eval-batch-size", type=_at_least_one, default=d.eval_batch_size,
                      help="images per forward-only model call (image selection, triangle statistics)")
-    lst.add_argument("--iters", type=_positive_int, default=d.iters, help="LST iterations")
-    lst.add_argument("--step-size", type=float, default=d.step_size, help="LST step size")
-    lst.add_argument("--pthresh", type=float, default=d.pthresh, help="largest allowed drop of source confidence")
-    lst.add_argument("--adv-step-size", type=_non_negative_float, default=d.adv_step_size,
-                     help="adversarial correction step (0: off)")
-    lst.add_argument("--init-noise", type=_non_negative_float, default=d.init_noise,
-                     help="start-point noise width (default: 4/255)")
+    _add_setting_options(lst)
     lst.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,
                      help="model precision during LST (bf16/fp16: autocast; the images stay fp32)")
     lst.add_argument("--min-conf", type=_non_negative_float, default=d.min_conf,
@@ -145,6 +139,32 @@ def _add_sweep(commands) -> None:
                      "leaves LPIPS out and says so)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay each LST iteration as a CUDA graph (GPUs only)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _add_setting_options(group) -> None:
+    """One option per setting of lst_fast.settings.TraversalSettings marked ``sweep``, from its field: the
+    name (--step-size for step_size), default, help text, check and (for a Choice) choices."""
+    from lst_fast.settings import SWEEP_SETTINGS
+
+    for f in SWEEP_SETTINGS:
+        check = f.metadata["check"]
+        group.add_argument(
+            "--" + f.name.replace("_", "-"), type=option_type(f.name, check), choices=getattr(check, "options", None),
+            default=f.default, help=f.metadata["help"],
+        )
+
+
+def option_type(name: str, rule):
+    """An argparse type for a lst_fast.settings.Number or Choice: the checked value, or the check's message."""
+
+    def parse(text: str):
+        try:
+            return rule.parse(name, text)
+        except (TypeError, ValueError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _add_tables(commands) -> None:
@@ -203,6 +223,7 @@ def _add_plot(commands) -> None:
 
 
 def _sweep(args) -> int:
+    from lst_fast.settings import SWEEP_SETTINGS
     from lst_fast.sweep import SweepConfig, run_sweep
 
     config = SweepConfig(
@@ -210,11 +231,9 @@ def _sweep(args) -> int:
         pretrained=args.pretrained, mean=None if args.mean is None else tuple(args.mean),
         std=None if args.std is None else tuple(args.std), image_size=args.image_size,
         num_samples=args.num_samples, rounds=args.rounds, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, iters=args.iters,
-        step_size=args.step_size, pthresh=args.pthresh, adv_step_size=args.adv_step_size,
-        init_noise=args.init_noise, precision=args.precision, min_conf=args.min_conf, seed=args.seed,
-        triangles=not args.no_triangles,
-        log_every=args.log_every, save_images=args.save_images,
+        eval_batch_size=args.eval_batch_size, precision=args.precision, min_conf=args.min_conf, seed=args.seed,
+        triangles=not args.no_triangles, log_every=args.log_every, save_images=args.save_images,
+        **{f.name: getattr(args, f.name) for f in SWEEP_SETTINGS},
     )
     report = run_sweep(
         config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,

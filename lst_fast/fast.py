@@ -16,7 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
+from lst_fast.classifier import input_grad_loss, make_forward, model_guard, probabilities
 from lst_fast.graphs import run_static
+from lst_fast.rows import memory_format_of
+from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
 from lst_fast.tuning import (
     autocast_context,
     resolve_memory_format,
@@ -25,36 +28,20 @@ from lst_fast.tuning import (
     tuned_model,
     with_autocast,
 )
-from lst_fast.traversal import (
-    PathRecorder,
-    TraversalResult,
-    build_result,
-    check_settings,
-    input_grad_loss,
-    make_forward,
-    model_guard,
-    prepare,
-    probabilities,
-)
+from lst_fast.traversal import PathRecorder, TraversalResult, build_result, prepare
+from lst_fast.validation import check_bool
 
 
+@with_setting_keywords
 def traverse_batch(
     model: torch.nn.Module,
     srcs: torch.Tensor,
     tgts: torch.Tensor,
     labels=None,
     *,
+    settings: TraversalSettings | None = None,
     target_labels=None,
     normalizer=None,
-    step_size: float = 1e-2,
-    iters: int = 400,
-    pthresh: float = 0.2,
-    adv_step_size: float | None = 2e-3,
-    init_noise: float = 4 / 255,
-    log_every: int = 0,
-    record=(),
-    width_distances=(0.5, 1, 1.5, 2),
-    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
     memory_format: str = "auto",
@@ -63,10 +50,7 @@ def traverse_batch(
     cuda_graphs: bool = False,
     rows_per_call: int | str | None = "auto",
     backend: str | None = None,
-    schedule: str = "paper",
-    step_growth: float = 1.3,
-    step_shrink: float = 0.5,
-    max_step_scale: float = 10.0,
+    **setting_keywords,
 ) -> TraversalResult:
     """Level set traversal from each source image towards its target image.
 
@@ -77,6 +61,8 @@ def traverse_batch(
             their label are invalid and returned unchanged.
         target_labels: (B,) target classes for the recorded target confidence; default ``argmax model(tgts)``.
         normalizer: callable applied to images before the model (e.g. :class:`lst_fast.models.Normalize`).
+        settings: a :class:`lst_fast.settings.TraversalSettings`; or give its fields as keywords (not both,
+            unless they agree):
         step_size, iters, pthresh, adv_step_size, init_noise: the spec's settings; ``adv_step_size`` None or
             0 turns the adversarial correction off.
         log_every, record: record ``"conf"`` (source/target confidence), ``"images"`` and/or ``"widths"``
@@ -108,15 +94,9 @@ def traverse_batch(
         step_growth, step_shrink, max_step_scale: the adaptive schedule's knobs (>= 1, in (0, 1], >= 1); with
             growth and shrink 1 it is the paper's loop.
     """
-    settings = check_settings(
-        step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
-        init_noise=init_noise, log_every=log_every, record=record,
-        width_distances=width_distances, width_num_vecs=width_num_vecs, schedule=schedule,
-        step_growth=step_growth, step_shrink=step_shrink, max_step_scale=max_step_scale,
-    )
-    for name, flag in (("fold_batchnorm", fold_batchnorm), ("cuda_graphs", cuda_graphs)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    settings = check_settings(settings, **setting_keywords)
+    check_bool("fold_batchnorm", fold_batchnorm)
+    check_bool("cuda_graphs", cuda_graphs)
     if cuda_graphs and settings.schedule != "paper":
         raise ValueError(f"cuda_graphs=True runs the paper's schedule only, got schedule={settings.schedule!r}")
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
@@ -302,7 +282,7 @@ def _retire(finished, live: int, rows: _AdaptiveRows, images, vectors, grad):
         if t is not None:
             t[:live] = t[:live].index_select(0, perm)
     rows.permute(live, perm)
-    return len(keep), (None if grad is None else grad.index_select(0, keep).contiguous(memory_format=_layout_of(grad)))
+    return len(keep), (None if grad is None else grad.index_select(0, keep).contiguous(memory_format=memory_format_of(grad)))
 
 
 def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
@@ -330,14 +310,8 @@ def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad:
         logits = forward(x_in)
         (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
-        grad = grad.contiguous(memory_format=_layout_of(x))
+        grad = grad.contiguous(memory_format=memory_format_of(x))
     return probabilities(logits), grad
-
-
-def _layout_of(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _check_backend(backend: str | None, x: torch.Tensor) -> str:

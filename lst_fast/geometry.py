@@ -5,126 +5,29 @@
   triangular convex hull of a source and two of its LST outputs (the paper's Table 2).
 - :func:`path_width`: 5%/95% quantiles of the confidence on spheres around a point, orthogonal to a
   direction (spec section 4); also recorded along a traversal with ``record=("widths",)``.
-- :func:`mean_std`, :func:`mean_std_table`: mean ± std columns for the tables.
 
 The original evaluates one triangle (66 points) or one radius of one sample (256 points) per model call.
-Here every model evaluation goes through one chunked evaluator: the points of many pairs, triangles or
-samples are packed into model batches of ``batch_size`` points regardless of which row they belong to, each
-point built only when its batch runs (memory is bounded by the batch, not by the number of points), on the
-batch-norm-folded channels_last copy of the model that the fast loop runs (:func:`lst_fast.tuning.tuned_model`).
-The batch size is chosen for the device, model and image size (:func:`default_batch_size`: about four
-224x224 images for convolutional models on CPU, where larger batches are slower per image; else large). Grid points that several triangles share (their source, and the edge
-towards an output used in several triangles) are evaluated once.
+Here every model evaluation goes through one chunked evaluator (:mod:`lst_fast.evaluator`) that packs the
+points of many pairs, triangles or samples into model calls of ``batch_size`` points. Grid points that several
+triangles share (their source, and the edge towards an output used in several triangles) are evaluated once.
+Tables of these statistics (mean ± std) are made by :mod:`lst_fast.tables`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from lst_fast import ops
-from lst_fast.fast import _layout_of
-from lst_fast.tuning import default_rows_per_call, is_convolutional, resolve_memory_format, tuned_model
-from lst_fast.traversal import (
-    Problem,
-    Settings,
-    _check_number,
-    _in_range,
-    check_generator,
-    check_images,
-    check_labels,
-    check_width_settings,
-    checked_logits,
-    make_forward,
-    model_guard,
-    probabilities,
-)
+# DEFAULT_BATCH_SIZE and default_batch_size stay public here (lst_fast.geometry.default_batch_size).
+from lst_fast.evaluator import DEFAULT_BATCH_SIZE, Confidences, default_batch_size, tuned_evaluator  # noqa: F401
+from lst_fast.rows import memory_format_of, row_dot
+from lst_fast.validation import check_generator, check_images, check_labels, check_number, check_radii
 
-# Points per model call when batch_size is None, unless lst_fast.tuning.default_rows_per_call says fewer (CPUs).
-DEFAULT_BATCH_SIZE = 128
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
 # The paper's Table 2: mean ± std over sources of these per-source averages (edge_min is aggregated apart).
 TABLE2_COLUMNS = ("p_src", "mean", *(f"frac_{d}" for d in FRACTION_DELTAS), "edge_mean")
 WIDTH_QUANTILES = (0.05, 0.95)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model evaluation in large batches
-
-
-class _Confidences:
-    """``p(points)[labels]`` for a stream of ``(points, labels)`` blocks, run through the model in batches of
-    ``batch_size`` points that may span several blocks, passed in ``layout``. Returns one (M,) tensor per
-    block, in order."""
-
-    def __init__(self, forward, batch_size: int, layout: torch.memory_format = torch.contiguous_format):
-        self.forward = forward
-        self.batch_size = batch_size
-        self.layout = layout
-
-    def __call__(self, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        results, queue, queued = [], [], 0
-        for points, labels in blocks:
-            out = torch.empty(len(points), dtype=points.dtype, device=points.device)
-            results.append(out)
-            queue.append((points, labels, out))
-            queued += len(points)
-            while queued >= self.batch_size:
-                queued -= self._run_batch(queue)
-        while queue:
-            queued -= self._run_batch(queue)
-        return results
-
-    def _run_batch(self, queue: list) -> int:
-        """Evaluate up to ``batch_size`` points from the front of the queue; returns how many."""
-        taken, pieces = 0, []
-        while queue and taken < self.batch_size:
-            points, labels, out = queue[0]
-            k = min(len(points), self.batch_size - taken)
-            pieces.append((points[:k], labels[:k], out[:k]))
-            if k == len(points):
-                queue.pop(0)
-            else:
-                queue[0] = (points[k:], labels[k:], out[k:])
-            taken += k
-        points = torch.cat([p for p, _, _ in pieces]) if len(pieces) > 1 else pieces[0][0]
-        points = points.contiguous(memory_format=self.layout)
-        labels = torch.cat([y for _, y, _ in pieces]) if len(pieces) > 1 else pieces[0][1]
-        with torch.no_grad():
-            logits = checked_logits(self.forward, points)
-            labels = _in_range("labels", labels, logits.shape[1])
-            conf = probabilities(logits).gather(1, labels.unsqueeze(1)).squeeze(1)
-        for piece, values in zip(pieces, conf.split([len(p) for p, _, _ in pieces])):
-            piece[2].copy_(values)
-        return taken
-
-
-@contextlib.contextmanager
-def _evaluator(model, normalizer, probe, batch_size, memory_format, fold) -> Iterator[_Confidences]:
-    """The caller's model in eval mode (restored after), as the fast loop runs it, behind a chunked evaluator."""
-    make_forward(model, normalizer)  # checks the normalizer
-    if not isinstance(fold, bool):
-        raise TypeError(f"fold_batchnorm must be a bool, got {fold!r}")
-    batch_size = _check_batch_size(batch_size, probe, is_convolutional(model))
-    with model_guard(model):
-        layout = resolve_memory_format(memory_format, model)
-        runner = tuned_model(model, probe[:4], normalizer=normalizer, layout=layout, fold=fold)
-        yield _Confidences(make_forward(runner, normalizer), batch_size, layout)
-
-
-def default_batch_size(points: torch.Tensor, convolutional: bool) -> int:
-    """Points like ``points`` per model call when ``batch_size`` is None: for a convolutional model on CPU
-    about four 224x224 images' worth (:func:`lst_fast.tuning.default_rows_per_call`), else
-    ``DEFAULT_BATCH_SIZE``."""
-    return default_rows_per_call(points, convolutional) or DEFAULT_BATCH_SIZE
-
-
-def _check_batch_size(batch_size, points: torch.Tensor, convolutional: bool) -> int:
-    if batch_size is None:
-        return default_batch_size(points, convolutional)
-    return _check_number("batch_size", batch_size, minimum=1, integer=True)
 
 
 def _check_labels(labels, batch: int, device: torch.device) -> torch.Tensor:
@@ -134,7 +37,7 @@ def _check_labels(labels, batch: int, device: torch.device) -> torch.Tensor:
 
 
 def _check_n(n) -> int:
-    return _check_number("n", n, minimum=1, integer=True)
+    return check_number("n", n, minimum=1, integer=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,7 +80,7 @@ def _distinct_images(vertices: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 def _mixture_confidences(
-    evaluate: _Confidences, vertices: Sequence[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor
+    evaluate: Confidences, vertices: Sequence[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """``p(sum_k weights[g, k] * vertices[k][t])[labels[t]]`` for every row t and grid point g: (T, G).
 
@@ -236,7 +139,7 @@ def interpolation_conf(
     """
     weights = segment_grid(n)
     srcs, (outs,), labels = _check_pair_inputs(srcs, {"outs": outs}, labels)
-    with _evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
+    with tuned_evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
         return _mixture_confidences(evaluate, [srcs, outs], weights, labels)
 
 
@@ -260,7 +163,7 @@ def triangle_confidences(
     """
     weights = triangle_grid(n)
     srcs, (outs_a, outs_b), labels = _check_pair_inputs(srcs, {"outs_a": outs_a, "outs_b": outs_b}, labels)
-    with _evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
+    with tuned_evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
         return _mixture_confidences(evaluate, [srcs, outs_a, outs_b], weights, labels)
 
 
@@ -269,7 +172,7 @@ def _check_deltas(deltas) -> tuple[float, ...]:
         raise TypeError(f"deltas must be a sequence of numbers in [0, 1], got {deltas!r}")
     if not deltas:
         raise ValueError("deltas must name at least one threshold")
-    checked = tuple(_check_number(f"deltas[{i}]", d, minimum=0) for i, d in enumerate(deltas))
+    checked = tuple(check_number(f"deltas[{i}]", d, minimum=0) for i, d in enumerate(deltas))
     if any(d > 1 for d in checked):
         raise ValueError(f"deltas must be in [0, 1], got {list(deltas)}")
     return checked
@@ -350,52 +253,15 @@ def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Tables
-
-
-def mean_std(columns: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    """Mean and standard deviation of each column (population std, ddof = 0, like numpy's default)."""
-    summary = {}
-    for key, values in columns.items():
-        values = torch.as_tensor(values, dtype=torch.float64).flatten()
-        if values.numel() == 0:
-            raise ValueError(f"column {key!r} is empty")
-        summary[key] = (values.mean().item(), values.std(correction=0).item())
-    return summary
-
-
-def mean_std_table(
-    rows: dict[str, dict[str, torch.Tensor]], *, columns: Sequence[str] | None = None, digits: int = 3
-) -> str:
-    """A Markdown table with one row per entry of ``rows`` (e.g. a model) and a "mean ± std" cell per column.
-
-    ``columns``: which columns, in order (default: all of the first row's). For the paper's Table 2 pass the
-    output of :func:`aggregate_triangles` and ``columns=TABLE2_COLUMNS``; for Table 1, the distances.
-    """
-    if not rows:
-        raise ValueError("rows must name at least one row of columns")
-    columns = list(next(iter(rows.values())) if columns is None else columns)
-    missing = {name: [c for c in columns if c not in values] for name, values in rows.items()}
-    if any(missing.values()):
-        raise ValueError(f"rows lack the columns {missing}")
-    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, values in rows.items():
-        summary = mean_std({key: values[key] for key in columns})
-        cells = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in summary.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Path width (spec section 4)
 
 
 def orthogonal_direction(x: torch.Tensor, grad: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """The LST direction ``v_perp = v - grad <grad, v> / <grad, grad>``, ``v = tgt - x`` (``v`` where grad = 0)."""
     v = tgt - x
-    grad_grad = ops.row_dot(grad, grad)
+    grad_grad = row_dot(grad, grad)
     nonzero = grad_grad > 0
-    coef = torch.where(nonzero, ops.row_dot(grad, v) / torch.where(nonzero, grad_grad, 1), 0)
+    coef = torch.where(nonzero, row_dot(grad, v) / torch.where(nonzero, grad_grad, 1), 0)
     return v - grad * coef.view(-1, *([1] * (x.dim() - 1)))
 
 
@@ -485,14 +351,15 @@ def path_width(
     x = check_images("x", x)
     directions = _check_directions(directions, x)
     labels = _check_labels(labels, len(x), x.device)
-    radii, num_vecs = check_width_settings(distances, num_vecs)
-    pthresh = _check_number("pthresh", pthresh, minimum=0)
+    radii = check_radii("distances", distances)
+    num_vecs = check_number("num_vecs", num_vecs, minimum=2, integer=True)
+    pthresh = check_number("pthresh", pthresh, minimum=0)
     generator = check_generator(generator, x.device)
-    with _evaluator(model, normalizer, x, batch_size, memory_format, fold_batchnorm) as evaluate:
+    with tuned_evaluator(model, normalizer, x, batch_size, memory_format, fold_batchnorm) as evaluate:
         return _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, generator)
 
 
-def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Problem, settings: Settings):
+def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem, settings):
     """Path widths at a traversal iterate (spec §3) for ``record=("widths",)``, in both loops.
 
     Direction: that iteration's v_perp (from the gradient ``grad`` at ``x``); threshold: the traversal's
@@ -500,7 +367,8 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem: Pro
     recorded iteration in turn, sample by sample in row order, so both loops draw the same vectors.
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
+    evaluate = Confidences(forward, default_batch_size(x, problem.convolutional), memory_format_of(x))
     return _path_width(
-        _Confidences(forward, default_batch_size(x, _layout_of(x) == torch.channels_last), _layout_of(x)), x, direction, problem.labels,
-        settings.width_distances, settings.width_num_vecs, settings.pthresh, problem.generator,
+        evaluate, x, direction, problem.labels, settings.width_distances, settings.width_num_vecs, settings.pthresh,
+        problem.generator,
     )

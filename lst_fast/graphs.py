@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.traversal import PathRecorder, input_grad_loss, probabilities
+from lst_fast.classifier import input_grad_loss, probabilities
+from lst_fast.traversal import PathRecorder
 
 WARMUP_ITERS = 3  # eager iterations on a side stream before capture, as CUDA graph capture requires
 

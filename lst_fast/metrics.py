@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from lst_fast.traversal import check_images
+from lst_fast.validation import check_images
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
 ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"

@@ -20,67 +20,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 from typing import Callable, Optional
 
 import torch
 
 from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
-from lst_fast.traversal import _check_number
+from lst_fast.rows import ROW_ORDERS, row_dot, row_orders, rows  # noqa: F401 (rows: still lst_fast.ops.rows)
+from lst_fast.validation import check_number
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
-# Element orders of a row, as the dims of a (B, ...) tensor from the innermost (fastest) outwards.
-ROW_ORDERS = ("contiguous", "channels_last")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Row layout
-
-
-def row_orders(t: torch.Tensor) -> set[str]:
-    """Element orders (of ROW_ORDERS) in which every row ``t[i]`` is stored densely; dim 0 may have any
-    stride (e.g. every other row of a batch). Pure Python on sizes and strides: this runs every step."""
-    shape, stride, dim = t.shape, t.stride(), t.dim()
-    found = set()
-    if _dense(shape, stride, range(dim - 1, 0, -1)):
-        found.add("contiguous")
-    if dim == 4 and _dense(shape, stride, (1, 3, 2)):
-        found.add("channels_last")
-    return found
-
-
-def _dense(shape, stride, dims_inner_first) -> bool:
-    expected = 1
-    for d in dims_inner_first:
-        if shape[d] != 1 and stride[d] != expected:
-            return False
-        expected *= shape[d]
-    return True
-
-
-def rows(t: torch.Tensor, order: str | None = None) -> torch.Tensor:
-    """View a (B, ...) tensor as (B, D) rows without copying, with elements in ``order`` (default: the order
-    the tensor is dense in, contiguous first)."""
-    orders = row_orders(t)
-    if order is None:
-        order = "contiguous" if "contiguous" in orders else next(iter(orders), None)
-    if order not in orders:
-        raise ValueError(
-            "expected a tensor whose rows are dense in contiguous or channels_last order, got shape "
-            f"{tuple(t.shape)} with strides {t.stride()}"
-        )
-    if order == "channels_last":
-        t = t.permute(0, 2, 3, 1)
-    return t.as_strided((t.shape[0], math.prod(t.shape[1:])), (t.stride(0), 1))
-
-
-def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row dot products <a[i], b[i]> of two (B, ...) tensors, without a temporary when layouts match."""
-    common = row_orders(a) & row_orders(b)
-    if common:
-        order = "contiguous" if "contiguous" in common else "channels_last"
-        return torch.linalg.vecdot(rows(a, order), rows(b, order))
-    return (a * b).flatten(1).sum(1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,8 +234,8 @@ def _check_step(x, grad, tgt, delta, out, step_size, adv_step_size, backend) -> 
             raise TypeError(f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device}, expected the device of x ({x.device})")
-    step_size = _check_number("step_size", step_size, minimum=0, strict=True)
-    adv_step_size = _check_number("adv_step_size", adv_step_size, minimum=0)
+    step_size = check_number("step_size", step_size, minimum=0, strict=True)
+    adv_step_size = check_number("adv_step_size", adv_step_size, minimum=0)
     available = _available(x.device, x.dtype)
     if backend is None:
         return step_size, adv_step_size, available[0]

@@ -9,53 +9,31 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from lst_fast.traversal import (
-    PathRecorder,
-    TraversalResult,
-    build_result,
-    check_settings,
-    class_conf,
-    input_grad_loss,
-    model_guard,
-    prepare,
-)
+from lst_fast.classifier import class_conf, input_grad_loss, model_guard
+from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
+from lst_fast.traversal import PathRecorder, TraversalResult, build_result, prepare
 
 
+@with_setting_keywords
 def traverse_batch(
     model: torch.nn.Module,
     srcs: torch.Tensor,
     tgts: torch.Tensor,
     labels=None,
     *,
+    settings: TraversalSettings | None = None,
     target_labels=None,
     normalizer=None,
-    step_size: float = 1e-2,
-    iters: int = 400,
-    pthresh: float = 0.2,
-    adv_step_size: float | None = 2e-3,
-    init_noise: float = 4 / 255,
-    log_every: int = 0,
-    record=(),
-    width_distances=(0.5, 1, 1.5, 2),
-    width_num_vecs: int = 256,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    schedule: str = "paper",
-    step_growth: float = 1.3,
-    step_shrink: float = 0.5,
-    max_step_scale: float = 10.0,
+    **setting_keywords,
 ) -> TraversalResult:
     """Level set traversal from each source towards its target (reference implementation).
 
     Takes the same arguments and returns the same type as :func:`lst_fast.traverse_batch`. The adaptive
     schedule runs every row in every iteration and masks the finished ones (the fast path removes them).
     """
-    settings = check_settings(
-        step_size=step_size, iters=iters, pthresh=pthresh, adv_step_size=adv_step_size,
-        init_noise=init_noise, log_every=log_every, record=record,
-        width_distances=width_distances, width_num_vecs=width_num_vecs, schedule=schedule,
-        step_growth=step_growth, step_shrink=step_shrink, max_step_scale=max_step_scale,
-    )
+    settings = check_settings(settings, **setting_keywords)
     with model_guard(model):
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         if settings.schedule == "adaptive":

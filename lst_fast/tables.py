@@ -1,7 +1,8 @@
 """The paper's tables from sweep folders: Table 1 (distances of LST outputs to their targets) and Table 2
 (triangle statistics per source), each as mean ± std, from finished or partly finished sweeps.
 
-Standard deviations are population standard deviations (NumPy's default, ddof = 0; :func:`lst_fast.geometry.mean_std`).
+Standard deviations are population standard deviations (NumPy's default, ddof = 0; :func:`mean_std`).
+:func:`mean_std_table` makes such a table from any columns (e.g. :func:`lst_fast.geometry.aggregate_triangles`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -95,10 +97,41 @@ class Table:
     notes: list[str]
 
 
+def mean_std(columns: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of each column (population std, ddof = 0, like numpy's default)."""
+    summary = {}
+    for key, values in columns.items():
+        values = torch.as_tensor(values, dtype=torch.float64).flatten()
+        if values.numel() == 0:
+            raise ValueError(f"column {key!r} is empty")
+        summary[key] = (values.mean().item(), values.std(correction=0).item())
+    return summary
+
+
+def mean_std_table(
+    rows: dict[str, dict[str, torch.Tensor]], *, columns: Sequence[str] | None = None, digits: int = 3
+) -> str:
+    """A Markdown table with one row per entry of ``rows`` (e.g. a model) and a "mean ± std" cell per column.
+
+    ``columns``: which columns, in order (default: all of the first row's). For the paper's Table 2 pass the
+    output of :func:`lst_fast.geometry.aggregate_triangles` and ``columns=lst_fast.geometry.TABLE2_COLUMNS``;
+    for Table 1, the distances.
+    """
+    if not rows:
+        raise ValueError("rows must name at least one row of columns")
+    columns = list(next(iter(rows.values())) if columns is None else columns)
+    missing = {name: [c for c in columns if c not in values] for name, values in rows.items()}
+    if any(missing.values()):
+        raise ValueError(f"rows lack the columns {missing}")
+    cells = []
+    for name, values in rows.items():
+        summary = mean_std({key: values[key] for key in columns})
+        cells.append([name] + [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in summary.values()])
+    return "\n".join(_markdown([""] + columns, cells))
+
+
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:
     """Mean and population std (NaN for no values yet)."""
-    from lst_fast.geometry import mean_std
-
     if values.numel() == 0:
         return float("nan"), float("nan")
     return mean_std({"values": values})["values"]
@@ -170,10 +203,17 @@ def format_table(table: Table, fmt: str = "markdown") -> str:
         return _csv(table)
     if fmt == "latex":
         return _latex(table)
-    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
-             "|" + "|".join("---" for _ in table.columns) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    lines = [f"**{table.title}**", ""] + _markdown(table.columns, table.rows)
     return "\n".join(lines + [""] + [f"- {n}" for n in table.notes]) + "\n"
+
+
+def _markdown(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: header, separator, one line per row."""
+
+    def line(cells):
+        return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+    return [line(columns), "|" + "|".join("---" for _ in columns) + "|"] + [line(row) for row in rows]
 
 
 def _latex(table: Table) -> str:

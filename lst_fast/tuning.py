@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from lst_fast.fusion import fold_batchnorm
-from lst_fast.traversal import _check_number, make_forward
+from lst_fast.classifier import make_forward
+from lst_fast.validation import check_number
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -161,8 +162,8 @@ def default_rows_per_call(x: torch.Tensor, convolutional: bool) -> int | None:
 def row_slices(rows: int, rows_per_call: int | None) -> list[slice]:
     """The fewest model calls of at most ``rows_per_call`` rows (None: one call), as even as possible:
     6 rows at 4 per call run as 3 + 3, not 4 + 2."""
-    rows = _check_number("rows", rows, minimum=0, integer=True)
-    _check_number("rows_per_call", rows_per_call, minimum=1, integer=True, allow_none=True)
+    rows = check_number("rows", rows, minimum=0, integer=True)
+    check_number("rows_per_call", rows_per_call, minimum=1, integer=True, allow_none=True)
     calls = 1 if rows_per_call is None else max(1, -(-rows // rows_per_call))
     bounds = [rows * k // calls for k in range(calls + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

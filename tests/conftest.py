@@ -18,31 +18,6 @@ def photos():
     return data.load_embedded_photos()[0]
 
 
-def tiny_cnn(num_classes: int = 5, scale: float = 1.0, seed: int = 0) -> torch.nn.Module:
-    """A small random CNN with batch norm (float64, eval mode). ``scale`` sharpens its logits."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(32, num_classes),
-    ).double()
-    with torch.no_grad():  # non-trivial running statistics so that folding them is really tested
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-        net[-1].weight.mul_(scale)
-    return net.eval()
-
-
 # --- sweep fixtures (tests/test_sweep.py, tests/test_cli.py) ------------------------------------------------
 
 SWEEP_ARCH = "test_efficientnet"  # timm's tiny test network (~0.1 M parameters), fast at 32x32

@@ -7,7 +7,7 @@ from torch import nn
 import lst_fast
 from lst_fast import tuning
 from lst_fast.fusion import fold_batchnorm
-from conftest import tiny_cnn
+from helpers import tiny_cnn
 
 
 def test_folding_removes_batch_norms_and_keeps_the_function():

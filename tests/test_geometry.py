@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lst_fast import fast, geometry, graphs, reference, traversal
+from lst_fast import fast, geometry, graphs, reference, tables, traversal
+from lst_fast.classifier import model_guard
+from lst_fast.settings import check_settings
 
 FRACTIONS = ("frac_0.0", "frac_0.1", "frac_0.2", "frac_0.3")
 
@@ -195,15 +197,15 @@ def test_aggregate_and_table_of_real_triangles():
     first = source_ids == 0
     torch.testing.assert_close(per_source["frac_0.2"][0], stats["frac_0.2"][first].mean())
     torch.testing.assert_close(per_source["edge_min"][1], stats["edge_min"][~first].min())
-    table = geometry.mean_std_table({"logistic": per_source}, digits=4)
+    table = tables.mean_std_table({"logistic": per_source}, digits=4)
     mean, std = per_source["mean"].double().mean().item(), per_source["mean"].double().std(correction=0).item()
     assert f"{mean:.4f} ± {std:.4f}" in table
     assert table.splitlines()[0] == "| | " + " | ".join(per_source) + " |"
-    table2 = geometry.mean_std_table({"a": per_source, "b": stats}, columns=geometry.TABLE2_COLUMNS)
+    table2 = tables.mean_std_table({"a": per_source, "b": stats}, columns=geometry.TABLE2_COLUMNS)
     assert table2.splitlines()[0] == "| | p_src | mean | frac_0.0 | frac_0.1 | frac_0.2 | frac_0.3 | edge_mean |"
     assert len(table2.splitlines()) == 4 and "edge_min" not in table2
     with pytest.raises(ValueError, match="rows lack the columns"):
-        geometry.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
+        tables.mean_std_table({"a": per_source}, columns=("p_src", "lpips"))
 
 
 def test_default_batch_size_depends_on_device_model_and_image_size():
@@ -215,11 +217,11 @@ def test_default_batch_size_depends_on_device_model_and_image_size():
 
 
 def test_mean_std_by_hand():
-    summary = geometry.mean_std({"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": [2.0, 2.0]})
+    summary = tables.mean_std({"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": [2.0, 2.0]})
     assert summary["a"] == pytest.approx((2.5, 1.25**0.5))
     assert summary["b"] == pytest.approx((2.0, 0.0))
     with pytest.raises(ValueError, match="empty"):
-        geometry.mean_std({"a": torch.tensor([])})
+        tables.mean_std({"a": torch.tensor([])})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,11 +367,11 @@ def test_static_loop_records_the_same_widths():
         model, srcs, tgts, iters=4, log_every=2, pthresh=0.3, record="widths",
         generator=torch.Generator().manual_seed(5), **widths,
     )
-    settings = traversal.check_settings(
+    settings = check_settings(
         step_size=1e-2, iters=4, pthresh=0.3, adv_step_size=2e-3, init_noise=4 / 255, log_every=2,
         record=("widths",), **widths,
     )
-    with traversal.model_guard(model):
+    with model_guard(model):
         problem = traversal.prepare(
             model, srcs, tgts, None, None, None, settings, torch.Generator().manual_seed(5)
         )

@@ -5,19 +5,20 @@ import torch
 
 import lst_fast
 from lst_fast import graphs, reference, traversal, tuning
-from conftest import tiny_cnn
-from test_traverse import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both
+from lst_fast.classifier import model_guard
+from lst_fast.settings import check_settings
+from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both, tiny_cnn
 
 
 def run_static_body(model, srcs, tgts, labels, seed, **kwargs):
     """The CUDA-graph loop's iteration run eagerly (capture=False), as a TraversalResult."""
-    settings = traversal.check_settings(
+    settings = check_settings(
         step_size=kwargs["step_size"], iters=kwargs["iters"], pthresh=kwargs["pthresh"],
         adv_step_size=kwargs.get("adv_step_size", 2e-3), init_noise=4 / 255,
         log_every=kwargs.get("log_every", 0), record=kwargs.get("record", ()),
     )
     generator = torch.Generator().manual_seed(seed)
-    with traversal.model_guard(model):
+    with model_guard(model):
         problem = traversal.prepare(model, srcs, tgts, labels, None, None, settings, generator)
         x, final_conf, accepted, recorder = graphs.run_static(
             problem, problem.forward, settings, torch.channels_last, "cpp", progress=False, capture=False

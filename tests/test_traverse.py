@@ -5,36 +5,7 @@ import torch
 
 import lst_fast
 from lst_fast import reference
-from conftest import tiny_cnn
-
-# Sharp logits and big steps, so that some candidates are rejected and the select path is exercised.
-SHARPNESS = 40
-SHARP = dict(step_size=0.5, pthresh=0.05, iters=30)
-
-
-def colour_patches(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Images of one random colour each plus a little texture: different classes for a random CNN."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 3, 1, 1, dtype=torch.float64, generator=g)
-    return (base + 0.3 * torch.rand(n, 3, size, size, dtype=torch.float64, generator=g)).clamp(0, 1)
-
-
-def run_both(model, srcs, tgts, labels=None, seed=1, **kwargs):
-    results = []
-    for traverse in (reference.traverse_batch, lst_fast.traverse_batch):
-        generator = torch.Generator().manual_seed(seed)
-        results.append(traverse(model, srcs, tgts, labels, generator=generator, **kwargs))
-    return results
-
-
-def assert_same_result(ref, fast, atol=1e-9):
-    assert torch.equal(ref.valid, fast.valid)
-    assert torch.equal(ref.labels, fast.labels)
-    assert torch.equal(ref.accepted, fast.accepted)
-    torch.testing.assert_close(fast.images, ref.images, atol=atol, rtol=0)
-    torch.testing.assert_close(fast.init_conf, ref.init_conf, atol=atol, rtol=0)
-    torch.testing.assert_close(fast.final_conf, ref.final_conf, atol=atol, rtol=0)
-
+from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both, tiny_cnn
 
 @pytest.mark.parametrize("adv_step_size", [2e-3, None, 0.0])
 def test_fast_matches_reference_with_rejections_and_invalid_rows(adv_step_size):

@@ -117,9 +117,7 @@ def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, 
     """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths."""
     result = traverse_batch(
         model, images(unit.sources), images(unit.targets), saved["labels"].to(device), normalizer=normalizer,
-        step_size=config.step_size, iters=config.iters, pthresh=config.pthresh, adv_step_size=config.adv_step_size,
-        init_noise=config.init_noise, log_every=config.path_log_every, record=("widths",),
-        width_num_vecs=width_vecs, precision=config.precision,
+        settings=config.lst_settings(record=("widths",), width_num_vecs=width_vecs), precision=config.precision,
         generator=unit_generator(config.seed, unit.round, unit.batch, device),
     )
     return [

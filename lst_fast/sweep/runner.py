@@ -315,10 +315,8 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
     result = traverse_batch(
         sweep.model, srcs, tgts, sweep.labels(unit.sources).to(sweep.device),
         target_labels=sweep.labels(unit.targets).to(sweep.device), normalizer=sweep.normalizer,
-        step_size=config.step_size, iters=config.iters, pthresh=config.pthresh,
-        adv_step_size=config.adv_step_size, init_noise=config.init_noise, log_every=config.path_log_every,
-        record=("conf",), generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device),
-        precision=config.precision, cuda_graphs=sweep.cuda_graphs,
+        settings=config.lst_settings(), precision=config.precision,
+        generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device), cuda_graphs=sweep.cuda_graphs,
     )
     distances = evaluation.pair_distances(result.images, tgts, sweep.distances, sweep.lpips_weights)
     if config.save_images:

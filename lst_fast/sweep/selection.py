@@ -9,7 +9,7 @@ import torch
 
 from lst_fast.data import UNLABELLED, group_loader
 from lst_fast.sweep.plan import candidate_order
-from lst_fast.traversal import checked_logits, make_forward, model_guard
+from lst_fast.classifier import checked_logits, make_forward, model_guard
 
 
 @dataclass
