@@ -27,6 +27,9 @@ TRIANGLE_TITLES = {
 }
 
 
+IDENTITY_COLUMNS = ["model", "data", "schedule"]  # the first, textual columns of every table row
+
+
 @dataclass
 class SweepResults:
     """What the finished units of one sweep folder hold."""
@@ -44,6 +47,16 @@ class SweepResults:
     @property
     def label(self) -> str:
         return f"{self.config['model']} on {self.config['data']}"
+
+    @property
+    def schedule(self) -> str:
+        """The traversal schedule of the sweep (folders made before schedules existed ran the paper's)."""
+        return self.config.get("schedule", "paper")
+
+    @property
+    def identity_cells(self) -> list[str]:
+        """The cells that say which sweep a table row belongs to (:data:`IDENTITY_COLUMNS`)."""
+        return [self.config["model"], self.config["data"], self.schedule]
 
 
 def load_results(out_dir: str | Path) -> SweepResults:
@@ -141,10 +154,10 @@ def distance_table(results: list[SweepResults]) -> Table:
     """Table 1: distances between LST outputs and their targets over all valid pairs, mean ± std."""
     names = [d for d in DISTANCE_TITLES if any(d in r.config["distances"] for r in results)]
     table = Table("Table 1: distance of LST outputs to their targets (mean ± std over pairs)",
-                  ["model", "data", "pairs"] + [DISTANCE_TITLES[d] for d in names], [], [], [])
+                  IDENTITY_COLUMNS + ["pairs"] + [DISTANCE_TITLES[d] for d in names], [], [], [])
     for r in results:
         valid = r.pairs["valid"]
-        cells = [r.config["model"], r.config["data"], str(int(valid.sum()))]
+        cells = r.identity_cells + [str(int(valid.sum()))]
         numbers = {"pairs": float(valid.sum()), "pairs_total": float(r.total_pairs)}
         for d in names:
             key = f"dist_{d}"
@@ -173,13 +186,13 @@ def distance_table(results: list[SweepResults]) -> Table:
 def triangle_table(results: list[SweepResults]) -> Table:
     """Table 2: triangle statistics, averaged per source, then mean ± std over sources."""
     table = Table("Table 2: triangular convex hull statistics (mean ± std over sources)",
-                  ["model", "data", "sources"] + [TRIANGLE_TITLES[k] for k in TRIANGLE_TABLE_KEYS], [], [], [])
+                  IDENTITY_COLUMNS + ["sources"] + [TRIANGLE_TITLES[k] for k in TRIANGLE_TABLE_KEYS], [], [], [])
     for r in results:
         if not r.config["triangles"]:
             table.notes.append(f"{r.label}: the sweep was run without triangle statistics")
             continue
         n = int(r.sources["source"].numel())
-        cells = [r.config["model"], r.config["data"], str(n)]
+        cells = r.identity_cells + [str(n)]
         numbers = {"sources": float(n), "sources_total": float(r.total_sources)}
         for k in TRIANGLE_TABLE_KEYS:
             mean, std = _mean_std(r.sources[k])
@@ -223,7 +236,9 @@ def _latex(table: Table) -> str:
     def cell(text: str) -> str:
         return escape(text).replace("±", r"$\pm$")
 
-    lines = [f"% {table.title}", r"\begin{tabular}{" + "l" * 2 + "r" * (len(table.columns) - 2) + "}", r"\toprule",
+    text_columns = len(IDENTITY_COLUMNS)
+    alignment = "l" * text_columns + "r" * (len(table.columns) - text_columns)
+    lines = [f"% {table.title}", r"\begin{tabular}{" + alignment + "}", r"\toprule",
              " & ".join(cell(c) for c in table.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
     lines += [r"\bottomrule", r"\end{tabular}"] + [f"% {n}" for n in table.notes]
@@ -234,9 +249,9 @@ def _csv(table: Table) -> str:
     keys = list(dict.fromkeys(k for numbers in table.numbers for k in numbers))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "data"] + keys)
+    writer.writerow(IDENTITY_COLUMNS + keys)
     for row, numbers in zip(table.rows, table.numbers):
-        writer.writerow(row[:2] + [repr(numbers[k]) if k in numbers else "" for k in keys])
+        writer.writerow(row[:len(IDENTITY_COLUMNS)] + [repr(numbers[k]) if k in numbers else "" for k in keys])
     return buffer.getvalue()
 
 

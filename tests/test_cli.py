@@ -94,7 +94,7 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
     assert "Table 2" not in markdown
     assert cli.main(["tables", str(out), "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.startswith("model,data,pairs,pairs_total,l2_mean,l2_std")
+    assert header.startswith("model,data,schedule,pairs,pairs_total,l2_mean,l2_std")
 
 
 def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys, one_thread):

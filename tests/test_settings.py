@@ -102,10 +102,15 @@ def test_manifest_keys_are_flat_and_unchanged():
     assert list(identity) == [
         "model", "data", "checkpoint", "num_classes", "pretrained", "mean", "std", "image_size", "num_samples",
         "rounds", "batch_size", "eval_batch_size", "iters", "step_size", "pthresh", "adv_step_size", "init_noise",
-        "precision", "min_conf", "seed", "triangles", "triangle_grid", "log_every", "save_images", "distances",
+        "schedule", "step_growth", "step_shrink", "max_step_scale", "precision", "min_conf", "seed", "triangles", "triangle_grid", "log_every", "save_images", "distances",
     ]
     older = {k: v for k, v in identity.items() if k != "init_noise"}  # a folder made before init_noise existed
     assert differences(older, identity) == []
+    schedule_keys = ("schedule", "step_growth", "step_shrink", "max_step_scale")
+    before_schedules = {k: v for k, v in identity.items() if k not in schedule_keys}
+    assert differences(before_schedules, identity) == []  # folders made before the adaptive schedule still resume
+    adaptive = SweepConfig(schedule="adaptive").identity(normalization=((0.5,) * 3, (0.2,) * 3), distances=("l2",))
+    assert differences(before_schedules, adaptive) == ["schedule: 'paper' in the folder, 'adaptive' now"]
     changed = SweepConfig(init_noise=0.0).identity(normalization=((0.5,) * 3, (0.2,) * 3), distances=("l2",))
     assert differences(older, changed) == [f"init_noise: {4 / 255!r} in the folder, 0.0 now"]
 

@@ -6,6 +6,7 @@ images (``reference_sweep``) and compare other ways of running the same sweep wi
 are single-threaded so that their float results can be compared exactly.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -46,7 +47,7 @@ def cli_args(config: SweepConfig, out) -> list[str]:
         "--rounds", str(config.rounds), "--batch-size", str(config.batch_size), "--iters", str(config.iters),
         "--eval-batch-size", str(config.eval_batch_size),
         "--min-conf", str(config.min_conf), "--seed", str(config.seed), "--out", str(out), "--no-progress",
-        "--workers", "1",
+        "--workers", "1", "--schedule", config.schedule, "--step-size", repr(config.step_size),
     ] + ([] if config.triangles else ["--no-triangles"])
 
 
@@ -163,10 +164,9 @@ def test_sweep_units_match_the_reference_loop(reference_sweep, tiny_checkpoint):
 # --- resuming, sharding, torchrun --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_equals_uninterrupted_and_skips_finished_units(reference_sweep, tmp_path):
-    config, expected, _ = reference_sweep
-    out = tmp_path / "killed"
+def kill_part_way_then_rerun(config, expected, out):
+    """Run ``lst-fast sweep`` for ``config`` into ``out``, SIGKILL it after its first units, run it again, and check
+    that no finished unit was redone and the folder equals the uninterrupted one in ``expected``."""
     command = [sys.executable, "-m", "lst_fast.cli"] + cli_args(config, out)
     process = subprocess.Popen(command, env=single_threaded_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -186,6 +186,25 @@ def test_sigkill_then_rerun_equals_uninterrupted_and_skips_finished_units(refere
     for name, stamp in before.items():  # no finished unit was computed (or even written) again
         assert (after[name].stat().st_ino, after[name].stat().st_mtime_ns) == stamp, name
     assert_same_sweep(out, expected)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted_and_skips_finished_units(reference_sweep, tmp_path):
+    config, expected, _ = reference_sweep
+    kill_part_way_then_rerun(config, expected, tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_adaptive_sweep_resumes_after_sigkill_to_identical_tables(image_folder, tiny_checkpoint, tmp_path, one_thread):
+    config = sweep_config(image_folder, tiny_checkpoint, schedule="adaptive", iters=40, step_size=0.05)
+    expected = tmp_path / "uninterrupted"
+    run_sweep(config, expected, workers=1, progress=False)
+    manifest = json.loads((expected / "manifest.json").read_text())
+    assert manifest["config"]["schedule"] == "adaptive"
+    saved = load_file(str(next(p for name, p in unit_files(expected).items() if "traverse" in name)))
+    assert "path_conf" not in saved  # the adaptive schedule records no path
+    kill_part_way_then_rerun(config, expected, tmp_path / "killed")
+    assert "| adaptive |" in tables.render([expected], "markdown")
 
 
 @pytest.mark.slow

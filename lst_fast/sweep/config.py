@@ -79,8 +79,10 @@ class SweepConfig:
 
     def lst_settings(self, **recording) -> TraversalSettings:
         """The settings of the sweep's traversals: ``traversal``, recording the source- and target-class
-        confidence every :attr:`path_log_every` iterations; ``recording`` replaces that (e.g. ``record=("widths",)``
-        for ``lst-fast plot``). Runs with ``precision`` on the fast path."""
+        confidence every :attr:`path_log_every` iterations (the paper's schedule only); ``recording`` replaces that
+        (e.g. ``record=("widths",)`` for ``lst-fast plot``). Runs with ``precision`` on the fast path."""
+        if self.traversal.schedule != "paper":  # the adaptive schedule's rows have no common path to record
+            return dataclasses.replace(self.traversal, **recording)
         recorded = {"log_every": self.path_log_every, "record": ("conf",)} | recording
         return dataclasses.replace(self.traversal, **recorded)
 

@@ -5,7 +5,8 @@
 - ``interpolation.png``: confidence on the segments source -> LST output of those pairs (star-like structure);
 - ``triangle_SSSSS.png``: confidence over the triangle (source, output of round 0, output of round 1) of the
   first sources;
-- ``path_width_SSSSS_to_TTTTT.png`` (only with ``path_widths``): the path width along the first pairs' paths.
+- ``path_width_SSSSS_to_TTTTT.png`` (only with ``path_widths``, paper schedule): the path width along the first
+  pairs' paths.
   Widths are not stored by a sweep (each recorded point costs ``width_vecs`` x 4 model evaluations), so the
   first LST unit is run again with the same settings and seed, recording them.
 
@@ -78,7 +79,7 @@ def plot_sweep(
     )
     written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
     written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device)
-    if path_widths:
+    if path_widths and config.schedule == "paper":  # the adaptive schedule records no path
         written += _path_widths(config, first, saved, images, model, normalizer, k, width_vecs, figures, device)
     return written
 

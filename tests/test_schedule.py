@@ -1,0 +1,127 @@
+"""The adaptive schedule (``schedule="adaptive"``): paper-equivalence, the shrinking batch against the reference
+loop's masked twin, the acceptance rule, the per-row counts, the per-row step of the PyTorch twin, bad knobs."""
+
+import pytest
+import torch
+
+import lst_fast
+from lst_fast import ops, reference
+from lst_fast.settings import TraversalSettings
+
+from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
+
+# A sharp model, a tight threshold and big steps: candidates get rejected and rows finish at different times.
+SHARP_MODEL_SCALE = 10.0
+ADAPTIVE = dict(iters=40, pthresh=1e-3, step_size=0.05, max_step_scale=4.0, schedule="adaptive")
+
+
+def pairs(n: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 8, 8, generator=g, dtype=torch.float64),
+            torch.rand(n, 3, 8, 8, generator=g, dtype=torch.float64))
+
+
+def run(traverse, model, srcs, tgts, **kwargs):
+    return traverse(model, srcs, tgts, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+@pytest.mark.parametrize("traverse", [lst_fast.traverse_batch, reference.traverse_batch], ids=["fast", "reference"])
+def test_growth_and_shrink_of_one_is_the_paper_loop_exactly(traverse):
+    model, images = tiny_cnn(scale=SHARPNESS), colour_patches(6)
+    srcs, tgts, common = images, images.roll(1, 0), SHARP
+    paper = run(traverse, model, srcs, tgts, **common)
+    adaptive = run(traverse, model, srcs, tgts, schedule="adaptive", step_growth=1.0, step_shrink=1.0, **common)
+    assert (paper.accepted < common["iters"]).any(), "the test needs rejected candidates"
+    for field in ("images", "final_conf", "accepted", "evaluations", "final_step_size"):
+        assert torch.equal(getattr(adaptive, field), getattr(paper, field)), field
+    assert (paper.evaluations == common["iters"] + 1).all()
+    assert (paper.final_step_size == common["step_size"]).all()
+
+
+def test_the_shrinking_batch_gives_the_rows_of_the_unshrunk_reference():
+    """The fast loop removes finished rows from its buffers; the reference keeps every row and masks."""
+    model, (srcs, tgts) = tiny_cnn(scale=SHARP_MODEL_SCALE), pairs()
+    fast = run(lst_fast.traverse_batch, model, srcs, tgts, **ADAPTIVE)
+    ref = run(reference.traverse_batch, model, srcs, tgts, **ADAPTIVE)
+    assert len(set(fast.evaluations.tolist())) > 1, "the test needs rows that finish at different times"
+    assert (fast.accepted < fast.evaluations - 1).any(), "the test needs rejected candidates"
+    assert_same_result(ref, fast, atol=1e-12)
+    assert torch.equal(fast.evaluations, ref.evaluations)
+    torch.testing.assert_close(fast.final_step_size, ref.final_step_size, atol=0, rtol=1e-15)
+
+
+def test_each_row_is_its_own_traversal():
+    """Without start-point noise a row gives the same result alone as in a batch whose other rows finish earlier
+    or later (the batch shrinks around it)."""
+    model, (srcs, tgts) = tiny_cnn(scale=SHARP_MODEL_SCALE), pairs()
+    batch = run(lst_fast.traverse_batch, model, srcs, tgts, init_noise=0.0, **ADAPTIVE)
+    assert len(set(batch.evaluations.tolist())) > 1
+    for i in range(len(srcs)):
+        alone = run(lst_fast.traverse_batch, model, srcs[i:i + 1], tgts[i:i + 1], init_noise=0.0, **ADAPTIVE)
+        torch.testing.assert_close(alone.images[0], batch.images[i], atol=1e-12, rtol=0)
+        assert alone.evaluations[0] == batch.evaluations[i] and alone.accepted[0] == batch.accepted[i]
+
+
+def test_every_output_satisfies_the_acceptance_rule_and_counts_add_up():
+    model, (srcs, tgts) = tiny_cnn(scale=SHARP_MODEL_SCALE), pairs()
+    result = run(lst_fast.traverse_batch, model, srcs, tgts, **ADAPTIVE)
+    with torch.no_grad():
+        conf = model(result.images).softmax(1).gather(1, result.labels[:, None])[:, 0]
+    moved = result.accepted > 0
+    assert moved.all()
+    assert (result.init_conf - conf < ADAPTIVE["pthresh"])[moved].all()  # the outputs are accepted candidates
+    torch.testing.assert_close(conf, result.final_conf, atol=1e-12, rtol=0)
+    assert (result.evaluations <= ADAPTIVE["iters"] + 1).all()  # iters is the budget of candidates
+    assert (result.evaluations < ADAPTIVE["iters"] + 1).any()  # ... and the adaptive schedule stops earlier
+    largest = ADAPTIVE["step_size"] * ADAPTIVE["max_step_scale"]
+    assert ((result.final_step_size >= ADAPTIVE["step_size"]) & (result.final_step_size <= largest)).all()
+
+
+def test_invalid_rows_report_no_evaluations():
+    model, (srcs, tgts) = tiny_cnn(scale=SHARP_MODEL_SCALE), pairs()
+    labels = model(srcs).argmax(1)
+    labels[2] = (labels[2] + 1) % 5
+    result = run(lst_fast.traverse_batch, model, srcs, tgts, labels=labels, **ADAPTIVE)
+    assert not result.valid[2] and result.evaluations[2] == 0 and result.final_step_size[2] == 0
+    assert torch.equal(result.images[2], srcs[2])
+
+
+def test_the_twin_takes_per_row_step_sizes():
+    """Per-row step sizes in the PyTorch twin equal one call per row with that row's floats."""
+    g = torch.Generator().manual_seed(3)
+    x, grad, tgt, delta = (torch.rand(4, 3, 5, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    delta = (delta - 0.5) * 1e-2
+    step = torch.tensor([0.01, 0.02, 0.05, 0.1], dtype=torch.float64)
+    adv = step / 5
+    out, new_delta = torch.empty_like(x), delta.clone()
+    ops.lst_step_torch_(x, grad, tgt, new_delta, out, step_size=step, adv_step_size=adv)
+    for i in range(4):
+        row_out, row_delta = torch.empty_like(x[i:i + 1]), delta[i:i + 1].clone()
+        ops.lst_step_torch_(x[i:i + 1], grad[i:i + 1], tgt[i:i + 1], row_delta, row_out,
+                            step_size=step[i].item(), adv_step_size=adv[i].item())
+        torch.testing.assert_close(out[i:i + 1], row_out, atol=1e-15, rtol=0)
+        torch.testing.assert_close(new_delta[i:i + 1], row_delta, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("settings, error, message", [
+    (dict(schedule="fast"), ValueError, r"schedule must be one of \['paper', 'adaptive'\], got 'fast'"),
+    (dict(step_growth=0.9), ValueError, "step_growth must be >= 1"),
+    (dict(step_growth="2"), TypeError, "step_growth must be a real number"),
+    (dict(step_shrink=0), ValueError, "step_shrink must be > 0"),
+    (dict(step_shrink=1.5), ValueError, r"step_shrink must be in \(0, 1\]"),
+    (dict(max_step_scale=0.5), ValueError, "max_step_scale must be >= 1"),
+    (dict(max_step_scale=float("inf")), ValueError, "max_step_scale must be finite"),
+    (dict(schedule="adaptive", record=("conf",), log_every=1), ValueError, "not available with schedule='adaptive'"),
+])
+def test_bad_knobs_are_refused_by_name(settings, error, message):
+    with pytest.raises(error, match=message):
+        TraversalSettings(**settings)
+    model, (srcs, tgts) = tiny_cnn(), pairs(2)
+    with pytest.raises(error, match=message):
+        lst_fast.traverse_batch(model, srcs, tgts, **settings)
+
+
+def test_cuda_graphs_run_the_paper_schedule_only():
+    model, (srcs, tgts) = tiny_cnn(), pairs(2)
+    with pytest.raises(ValueError, match="cuda_graphs=True runs the paper's schedule only"):
+        lst_fast.traverse_batch(model, srcs, tgts, schedule="adaptive", cuda_graphs=True)
