@@ -15,6 +15,22 @@ launcher writes the candidate into ``out`` and updates ``delta`` in place.
 
 import os
 
+import torch
+
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+               torch.bfloat16: "bfloat16"}
+
+
+def step_args(module, x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
+              adv_step_size: float):
+    """The compiled kernels' one argument object (``StepArgs`` in csrc/lst_step.h) for a launch of ``module``
+    (``lst_fast._C`` or ``lst_fast._C_cuda``): each tensor as (address, row stride), ``delta`` None as (0, 0)."""
+    return module.StepArgs(
+        DTYPE_NAMES[x.dtype], (x.data_ptr(), x.stride(0)), (grad.data_ptr(), grad.stride(0)),
+        (tgt.data_ptr(), tgt.stride(0)), (0, 0) if delta is None else (delta.data_ptr(), delta.stride(0)),
+        (out.data_ptr(), out.stride(0)), n_rows, row_len, step_size, adv_step_size,
+    )
+
 
 def triton_interpreting() -> bool:
     """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1``, read when triton is imported)."""
