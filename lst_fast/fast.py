@@ -18,6 +18,7 @@ from lst_fast import ops
 from lst_fast.graphs import run_static
 from lst_fast.tuning import (
     autocast_context,
+    input_grad,
     resolve_memory_format,
     resolve_rows_per_call,
     row_slices,
@@ -29,7 +30,6 @@ from lst_fast.traversal import (
     TraversalResult,
     build_result,
     check_settings,
-    input_grad_loss,
     make_forward,
     model_guard,
     prepare,
@@ -187,7 +187,7 @@ def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad:
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x_in)
-        (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
+        grad = input_grad(logits, labels, x_in)  # loss-scaled for fp16
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
         grad = grad.contiguous(memory_format=_layout_of(x))
     return probabilities(logits), grad

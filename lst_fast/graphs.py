@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.traversal import PathRecorder, input_grad_loss, probabilities
+from lst_fast.traversal import PathRecorder, probabilities
+from lst_fast.tuning import input_grad
 
 WARMUP_ITERS = 3  # eager iterations on a side stream before capture, as CUDA graph capture requires
 
@@ -43,7 +44,7 @@ class StaticIteration:
 
     def _evaluate(self, leaf: torch.Tensor):
         logits = self.forward(leaf)
-        (grad,) = torch.autograd.grad(input_grad_loss(logits, self.labels), leaf)
+        grad = input_grad(logits, self.labels, leaf)  # loss-scaled for fp16
         return probabilities(logits), grad
 
     def step(self) -> None:
