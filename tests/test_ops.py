@@ -394,6 +394,21 @@ def test_available_backends_here():
         assert cuda_step.unavailable_reason() != ""
 
 
+def test_backend_choice_is_explained_once(monkeypatch, caplog):
+    reasons = ops.backend_reasons("cpu", torch.float16)
+    assert reasons["torch"] == "" and reasons["cpp"] == "float32 and float64 only"
+    assert reasons["cuda"] == "CUDA tensors only"
+    assert ("TRITON_INTERPRET=1" in reasons["triton"]) != triton_interpreting()
+    if not torch.cuda.is_available():
+        assert all(why for name, why in ops.backend_reasons("cuda").items() if name != "torch")
+    monkeypatch.setattr(ops, "_available_cache", {})
+    with caplog.at_level("INFO", logger="lst_fast"):
+        for _ in range(3):
+            assert ops.available_backends("cpu", torch.float16)[0] == "torch"
+    lines = [r.getMessage() for r in caplog.records if r.name == "lst_fast"]
+    assert len(lines) == 1 and "runs on 'torch'" in lines[0] and "cpp: float32 and float64 only" in lines[0]
+
+
 def test_cuda_module_imports_without_gpu():
     """The CUDA module (built when nvcc is present) links its runtime statically: it imports anywhere."""
     module = cuda_step._module()

@@ -1,6 +1,7 @@
 """Kernel backends of the fused LST step (see :mod:`lst_fast.ops`, which checks arguments and dispatches).
 
-Every backend module offers ``supports(device, dtype) -> bool`` and a launcher
+Every backend module offers ``unavailable_reason(device, dtype) -> str`` ('' when it runs ``dtype`` on
+``device`` here, else why not; ``dtype`` None: any dtype), ``supports(device, dtype) -> bool`` and a launcher
 ``(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)``. The launcher indexes each tensor
 ``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for ``i < row_len``: the caller guarantees dense rows that
 store their elements in one common order (all contiguous or all channels_last), that ``out`` overlaps no input,

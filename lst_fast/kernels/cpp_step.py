@@ -10,8 +10,18 @@ from lst_fast.kernels import step_args
 DTYPES = (torch.float32, torch.float64)
 
 
+def unavailable_reason(device: torch.device, dtype: torch.dtype | None) -> str:
+    if device.type != "cpu":
+        return "CPU tensors only"
+    if dtype is not None and dtype not in DTYPES:
+        return "float32 and float64 only"
+    if cpu_kernels() is None:
+        return "lst_fast._C was not built (reinstall with a C++ compiler)"
+    return ""
+
+
 def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
-    return device.type == "cpu" and (dtype is None or dtype in DTYPES) and cpu_kernels() is not None
+    return unavailable_reason(device, dtype) == ""
 
 
 def lst_step_cpp_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -51,22 +52,31 @@ def _module():
     return _C_cuda
 
 
+def unavailable_reason(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+    """'' when the CUDA kernels can run (on ``device``, for ``dtype``) here, else why not."""
+    if device is not None and device.type != "cuda":
+        return "CUDA tensors only"
+    if dtype is not None and dtype not in DTYPES:
+        return "float32, float64, float16 and bfloat16 only"
+    return _runtime_reason()
+
+
 @functools.cache
-def unavailable_reason() -> str:
-    """'' when the CUDA kernels can run here, else why not."""
+def _runtime_reason() -> str:
     if _module() is None:
         return "lst_fast._C_cuda was not built (no nvcc when the package was installed, or LST_FAST_CUDA=OFF)"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     reason = _module().runtime_error()
-    if reason:
-        return (f"the CUDA runtime linked into lst_fast._C_cuda finds no device ({reason}); it needs an NVIDIA "
-                "driver for CUDA 13 or newer (see the README)")
-    return ""
+    if reason:  # torch sees a GPU that the module's own runtime cannot use: say so, once
+        reason = (f"the CUDA 13 runtime linked into lst_fast._C_cuda cannot use the GPU ({reason}); it needs an "
+                  "NVIDIA driver for CUDA 13 or newer (see the README)")
+        warnings.warn(f"lst_fast: {reason}; the step runs on another backend", RuntimeWarning, stacklevel=2)
+    return reason
 
 
 def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
-    return device.type == "cuda" and (dtype is None or dtype in DTYPES) and unavailable_reason() == ""
+    return unavailable_reason(device, dtype) == ""
 
 
 def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
