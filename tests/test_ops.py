@@ -257,6 +257,32 @@ def test_cuda_graph_capture(backend, shape):
     assert_close(delta, exp_delta, tolerance(x.dtype))
 
 
+CUDA_KERNEL_HERE = torch.cuda.is_available() and "cuda" in ops.available_backends("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_KERNEL_HERE, reason=f"needs the CUDA kernel on a GPU: {cuda_step.unavailable_reason()}")
+@pytest.mark.parametrize("plan", cuda_step.PLANS)
+def test_cuda_launch_plans(plan):
+    """Both ways of grouping long rows into launches, on a batch where they differ (150 ImageNet rows: groups
+    of 19 rows, or as many as fit half of the L2 cache) and end in a partial group."""
+    x, grad, tgt, delta = make_inputs((150, 3, 224, 224), device="cuda")
+    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, ADV)
+    previous = cuda_step.set_plan(plan)
+    try:
+        cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=STEP, adv_step_size=ADV, backend="cuda")
+    finally:
+        cuda_step.set_plan(previous)
+    assert_close(cand, exp_cand, tolerance(x.dtype))
+    assert_close(new_delta, exp_delta, tolerance(x.dtype))
+
+
+def test_cuda_plan_choice_is_checked():
+    with pytest.raises(ValueError, match="plan must be one of"):
+        cuda_step.set_plan("fastest")
+    assert cuda_step.set_plan(cuda_step.set_plan("l2_groups")) == "l2_groups"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Launch plans of the Triton kernels, reached with small shapes by shrinking the block sizes
 
