@@ -2,7 +2,10 @@
 //
 // Two launch plans, picked by row length (the same as the Triton kernels in lst_fast/kernels/triton_step.py):
 //  * rows of at most kThreads * 32 elements: one thread block per row keeps the row in registers, so every
-//    tensor is read and written exactly once;
+//    tensor is read and written exactly once. No thread holds more than 16 elements of each tensor: rows over
+//    kThreads * 16 elements get blocks of 2 * kThreads threads. (nvcc 13 -Xptxas -v, sm_80/sm_90: 256 threads
+//    x 32 elements took 145-218 registers per thread, one block of 8 warps per SM; 512 x 16 takes 64-72 for
+//    float/half, two blocks of 16 warps per SM, and 121-124 for double, one block; no spills.)
 //  * longer rows: stage 1 reduces blocks of kSplitChunk elements to partial sums (a workspace of doubles the
 //    caller allocates), stage 2 adds up its row's partial sums in a fixed order (deterministic, no atomics)
 //    and updates the block. The batch is processed in groups of rows (CudaPlan in lst_step.h): stage 2 of a
@@ -28,7 +31,6 @@ namespace lst_fast {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kSplitItems = 16;
 constexpr int64_t kSplitChunk = int64_t{kThreads} * kSplitItems;
 constexpr int kMaxGridY = 65535;
@@ -86,9 +88,10 @@ struct Args {
   double step, adv;
 };
 
-// Sum of (a, b) over the thread block; the result is valid in every thread.
-template <typename acc_t>
+// Sum of (a, b) over a thread block of THREADS threads; the result is valid in every thread.
+template <int THREADS, typename acc_t>
 __device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b) {
+  constexpr int kWarps = THREADS / 32;
   __shared__ acc_t shared[2][kWarps];
   for (int offset = 16; offset > 0; offset /= 2) {
     a += __shfl_xor_sync(0xffffffffu, a, offset);
@@ -129,16 +132,16 @@ __device__ __forceinline__ void update_element(const Args<T>& a, int64_t row, in
   a.out[row * a.so + i] = store_as<T>(clamp(c, acc_t(0), acc_t(1)));
 }
 
-// One block per row, ITEMS elements per thread held in registers (row_len <= kThreads * ITEMS).
-template <typename T, int ITEMS>
-__global__ void __launch_bounds__(kThreads) row_step_kernel(Args<T> a) {
+// One block of THREADS threads per row, ITEMS elements per thread held in registers (row_len <= THREADS * ITEMS).
+template <typename T, int ITEMS, int THREADS>
+__global__ void __launch_bounds__(THREADS) row_step_kernel(Args<T> a) {
   using acc_t = typename Acc<T>::type;
   const int64_t row = blockIdx.x;
   acc_t xs[ITEMS], gs[ITEMS], ts[ITEMS];
   acc_t grad_v = 0, grad_grad = 0;
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
-    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    const int64_t i = int64_t{k} * THREADS + threadIdx.x;
     const bool in = i < a.row_len;
     xs[k] = in ? load<acc_t>(a.x + row * a.sx + i) : acc_t(0);
     gs[k] = in ? load<acc_t>(a.grad + row * a.sg + i) : acc_t(0);
@@ -146,11 +149,11 @@ __global__ void __launch_bounds__(kThreads) row_step_kernel(Args<T> a) {
     grad_v += gs[k] * (ts[k] - xs[k]);
     grad_grad += gs[k] * gs[k];
   }
-  block_sum2(grad_v, grad_grad);
+  block_sum2<THREADS>(grad_v, grad_grad);
   const acc_t coef = projection_coef(grad_v, grad_grad);
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
-    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    const int64_t i = int64_t{k} * THREADS + threadIdx.x;
     if (i < a.row_len) update_element(a, row, i, xs[k], gs[k], ts[k], coef);
   }
 }
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) partial_dots_kernel(Args<T> a, int64
       grad_grad += g * g;
     }
   }
-  block_sum2(grad_v, grad_grad);
+  block_sum2<kThreads>(grad_v, grad_grad);
   if (threadIdx.x == 0) {
     partials[(row * n_chunks + blockIdx.x) * 2] = grad_v;
     partials[(row * n_chunks + blockIdx.x) * 2 + 1] = grad_grad;
@@ -209,9 +212,9 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-template <typename T, int ITEMS>
+template <typename T, int ITEMS, int THREADS = kThreads>
 void launch_rows(const Args<T>& a, int64_t n_rows, cudaStream_t stream) {
-  row_step_kernel<T, ITEMS><<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(a);
+  row_step_kernel<T, ITEMS, THREADS><<<static_cast<unsigned>(n_rows), THREADS, 0, stream>>>(a);
 }
 
 // Rows per group of the split plan for rows of `row_bytes` (x, grad and tgt together) on `device`.
@@ -250,7 +253,7 @@ void step(const Args<T>& a, int64_t n_rows, double* workspace, CudaPlan plan, cu
   } else if (n <= kThreads * 16) {
     launch_rows<T, 16>(a, n_rows, stream);
   } else if (n <= kThreads * 32) {
-    launch_rows<T, 32>(a, n_rows, stream);
+    launch_rows<T, 16, 2 * kThreads>(a, n_rows, stream);
   } else {
     if (workspace == nullptr) throw std::invalid_argument("lst_step_cuda: long rows need a workspace");
     const int64_t n_chunks = (n + kSplitChunk - 1) / kSplitChunk;

@@ -33,10 +33,12 @@ BACKEND_CASES = [on_device(device, backend) for device in DEVICES for backend in
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 STEP, ADV = 0.3, 2e-3  # a large step so that many candidates clip at 0 and 1
 
-# Odd sizes, batch 1, rows that are not a multiple of any block size; rows long enough to reach the C++
-# kernel's split-row plan (>= 16,384 elements with 1 or 3 rows) and the GPU kernels' split plans (> 8,192
-# elements; the Triton interpreter runs them too, in a few seconds).
-SHAPES = [(1, 3, 5, 7), (4, 3, 32, 32), (3, 2, 9, 1), (6, 1, 1, 1), (1, 3, 128, 128), (3, 3, 77, 75)]
+# Odd sizes, batch 1, rows that are not a multiple of any block size; rows of 4,097-8,192 elements (the CUDA
+# kernel's 512-thread blocks); rows long enough to reach the C++ kernel's split-row plan (>= 16,384 elements
+# with 1 or 3 rows) and the GPU kernels' split plans (> 8,192 elements; the Triton interpreter runs them too,
+# in a few seconds).
+SHAPES = [(1, 3, 5, 7), (4, 3, 32, 32), (3, 2, 9, 1), (6, 1, 1, 1), (2, 3, 40, 50), (1, 3, 128, 128),
+          (3, 3, 77, 75)]
 
 
 def expected_step(x, grad, tgt, delta, step_size, adv_step_size):
