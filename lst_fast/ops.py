@@ -139,6 +139,8 @@ def backend_reasons(device: torch.device | str, dtype: torch.dtype | None = None
 def _triton_reason(device: torch.device, dtype: torch.dtype | None) -> str:
     if device.type == "cpu" and not triton_interpreting():  # without importing triton, which is slow
         return "on CPU only under TRITON_INTERPRET=1 (the interpreter, for tests)"
+    if device.type not in ("cpu", "cuda"):
+        return "CUDA tensors only"
     triton_step = _triton_step()
     return "triton cannot be imported" if triton_step is None else triton_step.unavailable_reason(device, dtype)
 
