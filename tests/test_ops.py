@@ -192,7 +192,10 @@ def test_rows_sliced_from_a_larger_batch(device, backend):
 HALF_ADV = 0.1
 # Every kernel that runs half precision here, except the twin itself (the torch backend).
 HALF_CASES = [on_device(device, backend, dtype) for device in DEVICES for dtype in HALF_DTYPES
-              for backend in ops.available_backends(device, dtype) if backend != "torch"]
+              for backend in ops.available_backends(device, dtype) if backend != "torch"] or [
+    pytest.param(None, None, None, marks=pytest.mark.skip(
+        reason="no half-precision kernel here: Triton runs it on a GPU or under TRITON_INTERPRET=1 "
+               "(test_interpreter_run); the C++ kernel takes float32/float64 only"))]
 
 
 def half_inputs(shape, dtype, device):
