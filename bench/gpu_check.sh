@@ -6,7 +6,7 @@
 # fp32 and bf16, with and without CUDA graphs) and the agreement of those options with the reference loop on the
 # offline model, and writes everything under one folder. Meant for a machine with an NVIDIA GPU, for example the
 # device tool (from the repo root, with the wheelhouse .whl/ described below):
-#     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=510)
 #
 # Usage: bash bench/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu_check)
 #
