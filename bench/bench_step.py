@@ -8,7 +8,9 @@ and (b) the same chain under torch.compile, and the fraction of the machine's co
 same run with a ``tensor.copy_`` moving as many bytes as the largest step.
 
 Implementations are timed in interleaved rounds (median over rounds), so a machine shared with other work
-slows them all alike. Writes ``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
+slows them all alike. The CUDA kernel is timed with both of its launch plans for long rows: ``cuda`` (bounded
+launches, the default) and ``cuda_l2`` (groups sized to half of L2; see csrc/lst_step.h). Writes
+``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
 
     python bench/bench_step.py                      # CPU, default batches
     python bench/bench_step.py --device cuda        # GPU (see bench/gpu_check.sh)
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -30,12 +33,14 @@ from pathlib import Path
 import torch
 
 from lst_fast import ops
+from lst_fast.kernels import cuda_step
 
-SHAPES = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224)}
+SHAPES = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "large": (3, 512, 512)}
 DEFAULT_BATCHES = {
-    "cpu": {"cifar": [64, 512], "imagenet": [1, 16, 64]},
-    "cuda": {"cifar": [64, 1024, 8192], "imagenet": [1, 64, 256]},
+    "cpu": {"cifar": [64, 512], "imagenet": [1, 16, 64], "large": []},
+    "cuda": {"cifar": [64, 1024, 8192], "imagenet": [1, 64, 256], "large": [1024]},
 }
+CUDA_PLANS = {"cuda": "bounded", "cuda_l2": "l2_groups"}  # impl name -> lst_fast.kernels.cuda_step plan
 STEP_SIZE, ADV_STEP_SIZE = 1e-2, 2e-3
 TENSORS_MOVED = 6  # read x, grad, tgt, delta; write candidate, delta
 
@@ -104,6 +109,14 @@ def copy_bandwidth(nbytes: int, device: torch.device, rounds: int, round_seconds
     return 2 * src.numel() * 4 / statistics.median(samples)
 
 
+def with_cuda_plan(plan: str, step):
+    def run():
+        cuda_step.set_plan(plan)  # a module global, read at the launch
+        step()
+
+    return run
+
+
 def bench_config(name, batch, device, dtype, memory_format, backends, compiled_chain, args):
     x, grad, tgt, delta = make_inputs(batch, SHAPES[name], device, dtype, memory_format)
     out = torch.empty_like(x)
@@ -112,8 +125,12 @@ def bench_config(name, batch, device, dtype, memory_format, backends, compiled_c
         "compiled": lambda: compiled_chain(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE),
     }
     for backend in backends:
-        fns[backend] = (lambda b: lambda: ops.lst_step_(
-            x, grad, tgt, delta, out, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE, backend=b))(backend)
+        step = functools.partial(ops.lst_step_, x, grad, tgt, delta, out, step_size=STEP_SIZE,
+                                 adv_step_size=ADV_STEP_SIZE, backend=backend)
+        if backend == "cuda":
+            fns.update({impl: with_cuda_plan(plan, step) for impl, plan in CUDA_PLANS.items()})
+        else:
+            fns[backend] = step
     samples = interleaved_rounds(fns, device, args.rounds, args.round_seconds)
     seconds = {impl: statistics.median(s) for impl, s in samples.items()}
     nbytes = TENSORS_MOVED * x.numel() * x.element_size()
@@ -122,6 +139,14 @@ def bench_config(name, batch, device, dtype, memory_format, backends, compiled_c
              gbps=nbytes / s / 1e9, vs_eager=seconds["eager"] / s, vs_compiled=seconds["compiled"] / s)
         for impl, s in seconds.items()
     ]
+
+
+def fits(batch: int, shape, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a step's inputs, outputs and the eager chain's temporaries (~12 batches) fit in half of the free
+    memory of a GPU (e.g. the large shape on a 24 GB card). CPUs are not checked."""
+    if device.type != "cuda":
+        return True
+    return 12 * batch * torch.Size(shape).numel() * dtype.itemsize < torch.cuda.mem_get_info(device)[0] / 2
 
 
 def run(args) -> dict:
@@ -142,6 +167,9 @@ def run(args) -> dict:
     rows = []
     for name in SHAPES:
         for batch in batches[name]:
+            if not fits(batch, SHAPES[name], dtype, device):
+                print(f"skipped {name} batch {batch}: the eager chain's tensors would not fit in device memory")
+                continue
             found = bench_config(name, batch, device, dtype, memory_format, backends, compiled_chain, args)
             rows += found
             print(" ".join(f"{r['impl']}={r['ms']:.3f}ms" for r in found), f"[{name} batch {batch}]", flush=True)

@@ -1,7 +1,8 @@
-#include "lst_step.h"
-
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
+
+#include "lst_step.h"
 
 #ifdef LST_FAST_OPENMP
 #include <omp.h>
@@ -71,8 +72,9 @@ void row_update(const scalar_t* x, const scalar_t* g, const scalar_t* t, scalar_
 
 inline double projection_coef(const Dots& d) { return d.grad_grad > 0.0 ? d.grad_v / d.grad_grad : 0.0; }
 
+// The step's arguments with typed pointers and the step sizes in scalar_t.
 template <typename scalar_t>
-struct StepArgs {
+struct TypedStep {
   const scalar_t* x;
   int64_t x_stride;
   const scalar_t* grad;
@@ -108,7 +110,7 @@ int max_threads() {
 // Whole rows per thread: both passes over a row run back to back on one core, so the second pass reads
 // what the first just brought into that core's caches, and threads never wait for each other.
 template <typename scalar_t>
-void whole_rows(const StepArgs<scalar_t>& args, int64_t n_rows) {
+void whole_rows(const TypedStep<scalar_t>& args, int64_t n_rows) {
 #pragma omp parallel for schedule(static) if (n_rows * args.row_len >= kMinParallelElements)
   for (int64_t b = 0; b < n_rows; ++b) {
     args.update(b, 0, args.row_len, projection_coef(args.dots(b, 0, args.row_len)));
@@ -121,7 +123,7 @@ void whole_rows(const StepArgs<scalar_t>& args, int64_t n_rows) {
 // thread that runs ahead to row b + 1 does not overwrite what a slower thread is still reading for row b.
 // Partial sums are added in thread order, so the result does not depend on which thread finishes first.
 template <typename scalar_t>
-void split_rows(const StepArgs<scalar_t>& args, int64_t n_rows) {
+void split_rows(const TypedStep<scalar_t>& args, int64_t n_rows) {
   std::vector<Dots> partials(2 * static_cast<size_t>(max_threads()));
   const int64_t n = args.row_len;
 #pragma omp parallel
@@ -147,38 +149,44 @@ void split_rows(const StepArgs<scalar_t>& args, int64_t n_rows) {
   }
 }
 
-}  // namespace
+template <typename scalar_t>
+scalar_t* typed(RowTensor t) {
+  return reinterpret_cast<scalar_t*>(t.data);
+}
 
 template <typename scalar_t>
-void lst_step_cpu(const scalar_t* x, int64_t x_stride, const scalar_t* grad, int64_t grad_stride,
-                  const scalar_t* tgt, int64_t tgt_stride, scalar_t* delta, int64_t delta_stride,
-                  scalar_t* out, int64_t out_stride, RowBatch shape, double step_size, double adv_step_size) {
-  const StepArgs<scalar_t> args{x,
-                                x_stride,
-                                grad,
-                                grad_stride,
-                                tgt,
-                                tgt_stride,
-                                delta,
-                                delta_stride,
-                                out,
-                                out_stride,
-                                shape.row_len,
-                                static_cast<scalar_t>(step_size),
-                                static_cast<scalar_t>(adv_step_size / 2.0),
-                                static_cast<scalar_t>(adv_step_size)};
+void step(const StepArgs& s) {
+  const TypedStep<scalar_t> args{typed<scalar_t>(s.x),
+                                 s.x.row_stride,
+                                 typed<scalar_t>(s.grad),
+                                 s.grad.row_stride,
+                                 typed<scalar_t>(s.tgt),
+                                 s.tgt.row_stride,
+                                 typed<scalar_t>(s.delta),
+                                 s.delta.row_stride,
+                                 typed<scalar_t>(s.out),
+                                 s.out.row_stride,
+                                 s.row_len,
+                                 static_cast<scalar_t>(s.step_size),
+                                 static_cast<scalar_t>(s.adv_step_size / 2.0),
+                                 static_cast<scalar_t>(s.adv_step_size)};
   const int64_t threads = max_threads();
-  if (threads == 1 || shape.row_len < kSplitRowLen || shape.n_rows * shape.row_len < kMinParallelElements ||
-      whole_rows_balance(shape.n_rows, threads)) {
-    whole_rows(args, shape.n_rows);
+  if (threads == 1 || s.row_len < kSplitRowLen || s.n_rows * s.row_len < kMinParallelElements ||
+      whole_rows_balance(s.n_rows, threads)) {
+    whole_rows(args, s.n_rows);
   } else {
-    split_rows(args, shape.n_rows);
+    split_rows(args, s.n_rows);
   }
 }
 
-template void lst_step_cpu<float>(const float*, int64_t, const float*, int64_t, const float*, int64_t, float*,
-                                  int64_t, float*, int64_t, RowBatch, double, double);
-template void lst_step_cpu<double>(const double*, int64_t, const double*, int64_t, const double*, int64_t,
-                                   double*, int64_t, double*, int64_t, RowBatch, double, double);
+}  // namespace
+
+void lst_step_cpu(const StepArgs& args) {
+  switch (args.dtype) {
+    case DType::kFloat32: return step<float>(args);
+    case DType::kFloat64: return step<double>(args);
+    default: throw std::invalid_argument("lst_step (CPU): dtype must be float32 or float64");
+  }
+}
 
 }  // namespace lst_fast

@@ -2,11 +2,15 @@
 //
 // Two launch plans, picked by row length (the same as the Triton kernels in lst_fast/kernels/triton_step.py):
 //  * rows of at most kThreads * 32 elements: one thread block per row keeps the row in registers, so every
-//    tensor is read and written exactly once;
+//    tensor is read and written exactly once. No thread holds more than 16 elements of each tensor: rows over
+//    kThreads * 16 elements get blocks of 2 * kThreads threads. (nvcc 13 -Xptxas -v, sm_80/sm_90: 256 threads
+//    x 32 elements took 145-218 registers per thread, one block of 8 warps per SM; 512 x 16 takes 64-72 for
+//    float/half, two blocks of 16 warps per SM, and 121-124 for double, one block; no spills.)
 //  * longer rows: stage 1 reduces blocks of kSplitChunk elements to partial sums (a workspace of doubles the
 //    caller allocates), stage 2 adds up its row's partial sums in a fixed order (deterministic, no atomics)
-//    and updates the block. The batch is processed in groups of rows small enough that stage 2 re-reads
-//    x, grad and tgt from the L2 cache rather than from memory.
+//    and updates the block. The batch is processed in groups of rows (CudaPlan in lst_step.h): stage 2 of a
+//    group re-reads x, grad and tgt, from the L2 cache when the group fits there. The grouping is planned once
+//    per device and shape (split_plan), so a step makes no device queries after the first.
 // Loads are converted to acc_t (float, or double for double inputs); results are stored in the input type.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -14,8 +18,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "lst_step.h"
@@ -24,10 +31,10 @@ namespace lst_fast {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kSplitItems = 16;
 constexpr int64_t kSplitChunk = int64_t{kThreads} * kSplitItems;
 constexpr int kMaxGridY = 65535;
+constexpr int64_t kMaxSplitGroups = 8;  // CudaPlan::kBounded: at most this many launch pairs (per 65,535 rows)
 
 template <typename T>
 struct Acc {
@@ -81,9 +88,10 @@ struct Args {
   double step, adv;
 };
 
-// Sum of (a, b) over the thread block; the result is valid in every thread.
-template <typename acc_t>
+// Sum of (a, b) over a thread block of THREADS threads; the result is valid in every thread.
+template <int THREADS, typename acc_t>
 __device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b) {
+  constexpr int kWarps = THREADS / 32;
   __shared__ acc_t shared[2][kWarps];
   for (int offset = 16; offset > 0; offset /= 2) {
     a += __shfl_xor_sync(0xffffffffu, a, offset);
@@ -124,16 +132,16 @@ __device__ __forceinline__ void update_element(const Args<T>& a, int64_t row, in
   a.out[row * a.so + i] = store_as<T>(clamp(c, acc_t(0), acc_t(1)));
 }
 
-// One block per row, ITEMS elements per thread held in registers (row_len <= kThreads * ITEMS).
-template <typename T, int ITEMS>
-__global__ void __launch_bounds__(kThreads) row_step_kernel(Args<T> a) {
+// One block of THREADS threads per row, ITEMS elements per thread held in registers (row_len <= THREADS * ITEMS).
+template <typename T, int ITEMS, int THREADS>
+__global__ void __launch_bounds__(THREADS) row_step_kernel(Args<T> a) {
   using acc_t = typename Acc<T>::type;
   const int64_t row = blockIdx.x;
   acc_t xs[ITEMS], gs[ITEMS], ts[ITEMS];
   acc_t grad_v = 0, grad_grad = 0;
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
-    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    const int64_t i = int64_t{k} * THREADS + threadIdx.x;
     const bool in = i < a.row_len;
     xs[k] = in ? load<acc_t>(a.x + row * a.sx + i) : acc_t(0);
     gs[k] = in ? load<acc_t>(a.grad + row * a.sg + i) : acc_t(0);
@@ -141,11 +149,11 @@ __global__ void __launch_bounds__(kThreads) row_step_kernel(Args<T> a) {
     grad_v += gs[k] * (ts[k] - xs[k]);
     grad_grad += gs[k] * gs[k];
   }
-  block_sum2(grad_v, grad_grad);
+  block_sum2<THREADS>(grad_v, grad_grad);
   const acc_t coef = projection_coef(grad_v, grad_grad);
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
-    const int64_t i = int64_t{k} * kThreads + threadIdx.x;
+    const int64_t i = int64_t{k} * THREADS + threadIdx.x;
     if (i < a.row_len) update_element(a, row, i, xs[k], gs[k], ts[k], coef);
   }
 }
@@ -168,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) partial_dots_kernel(Args<T> a, int64
       grad_grad += g * g;
     }
   }
-  block_sum2(grad_v, grad_grad);
+  block_sum2<kThreads>(grad_v, grad_grad);
   if (threadIdx.x == 0) {
     partials[(row * n_chunks + blockIdx.x) * 2] = grad_v;
     partials[(row * n_chunks + blockIdx.x) * 2 + 1] = grad_grad;
@@ -204,24 +212,38 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
-template <typename T, int ITEMS>
+template <typename T, int ITEMS, int THREADS = kThreads>
 void launch_rows(const Args<T>& a, int64_t n_rows, cudaStream_t stream) {
-  row_step_kernel<T, ITEMS><<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(a);
+  row_step_kernel<T, ITEMS, THREADS><<<static_cast<unsigned>(n_rows), THREADS, 0, stream>>>(a);
 }
 
-// Rows per group of the split plan: x, grad and tgt of a group take at most half of the L2 cache.
-template <typename T>
-int64_t split_group_rows(int64_t row_len, int64_t n_rows) {
-  int device = 0, l2_bytes = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
+// Rows per group of the split plan for rows of `row_bytes` (x, grad and tgt together) on `device`.
+int64_t split_group_rows(int device, int64_t row_bytes, int64_t n_rows, CudaPlan plan) {
+  int l2_bytes = 0;
   check(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
-  const int64_t row_bytes = 3 * row_len * static_cast<int64_t>(sizeof(T));
-  const int64_t rows = std::max<int64_t>(1, int64_t{l2_bytes} / 2 / row_bytes);
+  int64_t rows = std::max<int64_t>(1, int64_t{l2_bytes} / 2 / row_bytes);  // half of L2
+  if (plan == CudaPlan::kBounded) rows = std::max(rows, (n_rows + kMaxSplitGroups - 1) / kMaxSplitGroups);
   return std::min<int64_t>({rows, n_rows, kMaxGridY});
 }
 
+// split_group_rows, memoised per device, shape and plan: the fast loop steps the same shape every iteration.
+int64_t planned_group_rows(int64_t row_bytes, int64_t n_rows, CudaPlan plan) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int64_t, int64_t, CudaPlan>, int64_t> plans;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const auto key = std::make_tuple(device, row_bytes, n_rows, plan);
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    if (plans.size() >= 256) plans.clear();  // many shapes (a sweep of sizes): start over rather than grow
+    found = plans.emplace(key, split_group_rows(device, row_bytes, n_rows, plan)).first;
+  }
+  return found->second;
+}
+
 template <typename T>
-void step(const Args<T>& a, int64_t n_rows, double* workspace, cudaStream_t stream) {
+void step(const Args<T>& a, int64_t n_rows, double* workspace, CudaPlan plan, cudaStream_t stream) {
   if (n_rows == 0 || a.row_len == 0) return;
   const int64_t n = a.row_len;
   if (n <= kThreads * 4) {
@@ -231,11 +253,11 @@ void step(const Args<T>& a, int64_t n_rows, double* workspace, cudaStream_t stre
   } else if (n <= kThreads * 16) {
     launch_rows<T, 16>(a, n_rows, stream);
   } else if (n <= kThreads * 32) {
-    launch_rows<T, 32>(a, n_rows, stream);
+    launch_rows<T, 16, 2 * kThreads>(a, n_rows, stream);
   } else {
     if (workspace == nullptr) throw std::invalid_argument("lst_step_cuda: long rows need a workspace");
     const int64_t n_chunks = (n + kSplitChunk - 1) / kSplitChunk;
-    const int64_t group = split_group_rows<T>(n, n_rows);
+    const int64_t group = planned_group_rows(3 * n * static_cast<int64_t>(sizeof(T)), n_rows, plan);
     for (int64_t row0 = 0; row0 < n_rows; row0 += group) {
       const int64_t rows = std::min(group, n_rows - row0);
       const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(rows));
@@ -260,18 +282,20 @@ int64_t lst_step_cuda_workspace(int64_t n_rows, int64_t row_len) {
   return n_rows * ((row_len + kSplitChunk - 1) / kSplitChunk) * 2;
 }
 
-void lst_step_cuda(DType dtype, const void* x, int64_t x_stride, const void* grad, int64_t grad_stride,
-                   const void* tgt, int64_t tgt_stride, void* delta, int64_t delta_stride, void* out,
-                   int64_t out_stride, RowBatch shape, double step_size, double adv_step_size, double* workspace,
-                   void* stream) {
+void lst_step_cuda(const StepArgs& s, const CudaLaunch& launch) {
   auto run = [&](auto* type_tag) {
     using T = std::remove_pointer_t<decltype(type_tag)>;
-    const Args<T> a{static_cast<const T*>(x), static_cast<const T*>(grad), static_cast<const T*>(tgt),
-                    static_cast<T*>(delta), static_cast<T*>(out), x_stride, grad_stride, tgt_stride,
-                    delta_stride, out_stride, shape.row_len, step_size, adv_step_size};
-    step<T>(a, shape.n_rows, workspace, static_cast<cudaStream_t>(stream));
+    const Args<T> a{reinterpret_cast<const T*>(s.x.data), reinterpret_cast<const T*>(s.grad.data),
+                    reinterpret_cast<const T*>(s.tgt.data), reinterpret_cast<T*>(s.delta.data),
+                    reinterpret_cast<T*>(s.out.data),       s.x.row_stride,
+                    s.grad.row_stride,                      s.tgt.row_stride,
+                    s.delta.row_stride,                     s.out.row_stride,
+                    s.row_len,                              s.step_size,
+                    s.adv_step_size};
+    step<T>(a, s.n_rows, reinterpret_cast<double*>(launch.workspace), launch.plan,
+            reinterpret_cast<cudaStream_t>(launch.stream));
   };
-  switch (dtype) {
+  switch (s.dtype) {
     case DType::kFloat32: run(static_cast<float*>(nullptr)); break;
     case DType::kFloat64: run(static_cast<double*>(nullptr)); break;
     case DType::kFloat16: run(static_cast<__half*>(nullptr)); break;

@@ -16,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.classifier import input_grad_loss, make_forward, model_guard, probabilities
+from lst_fast.classifier import make_forward, model_guard, probabilities
 from lst_fast.graphs import run_static
 from lst_fast.rows import memory_format_of
 from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
 from lst_fast.tuning import (
     autocast_context,
+    input_grad,
     resolve_memory_format,
     resolve_rows_per_call,
     row_slices,
@@ -308,7 +309,7 @@ def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad:
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = forward(x_in)
-        (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), x_in)
+        grad = input_grad(logits, labels, x_in)  # loss-scaled for fp16
     if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
         grad = grad.contiguous(memory_format=memory_format_of(x))
     return probabilities(logits), grad

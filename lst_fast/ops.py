@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 from typing import Callable, Optional
 
 import torch
@@ -29,6 +30,7 @@ from lst_fast.rows import ROW_ORDERS, row_dot, row_orders, rows  # noqa: F401 (r
 from lst_fast.validation import check_number
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
+_log = logging.getLogger("lst_fast")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,19 +66,31 @@ def _available(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ..
 
 
 def _find_backends(device: torch.device, dtype: torch.dtype | None) -> tuple[str, ...]:
-    triton_step = _triton_step() if device.type == "cuda" or triton_interpreting() else None
-    triton_ok = triton_step is not None and triton_step.supports(device, dtype)
-    found = []
-    if triton_ok and device.type == "cuda":
-        found.append("triton")
-    if cuda_step.supports(device, dtype):
-        found.append("cuda")
-    if cpp_step.supports(device, dtype):
-        found.append("cpp")
-    found.append("torch")
-    if triton_ok and device.type == "cpu":
-        found.append("triton")
-    return tuple(found)
+    reasons = backend_reasons(device, dtype)
+    order = ("cuda", "cpp", "torch", "triton") if device.type == "cpu" else BACKENDS  # the interpreter: tests only
+    found = tuple(name for name in order if not reasons[name])
+    others = "; ".join(f"{name}: {why}" for name, why in reasons.items() if why)
+    _log.info("the fused step for %s on %s runs on %r (not available: %s)",
+              "any dtype" if dtype is None else dtype, device, found[0], others or "none")
+    return found
+
+
+def backend_reasons(device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, str]:
+    """For every backend, '' when it can run ``lst_step`` on ``device`` (for ``dtype`` if given) here, else why
+    not (e.g. the CUDA module was built for a newer driver). The choice is also logged once per device and
+    dtype (logger ``lst_fast``, level INFO)."""
+    device = torch.device(device)
+    return {"triton": _triton_reason(device, dtype), "cuda": cuda_step.unavailable_reason(device, dtype),
+            "cpp": cpp_step.unavailable_reason(device, dtype), "torch": ""}
+
+
+def _triton_reason(device: torch.device, dtype: torch.dtype | None) -> str:
+    if device.type == "cpu" and not triton_interpreting():  # without importing triton, which is slow
+        return "on CPU only under TRITON_INTERPRET=1 (the interpreter, for tests)"
+    if device.type not in ("cpu", "cuda"):
+        return "CUDA tensors only"
+    triton_step = _triton_step()
+    return "triton cannot be imported" if triton_step is None else triton_step.unavailable_reason(device, dtype)
 
 
 def default_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> str:

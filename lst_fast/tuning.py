@@ -13,10 +13,11 @@ import warnings
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lst_fast.fusion import fold_batchnorm
-from lst_fast.classifier import make_forward
+from lst_fast.classifier import input_grad_loss, make_forward
 from lst_fast.validation import check_number
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -137,6 +138,32 @@ def with_autocast(forward, autocast):
             return forward(x)
 
     return autocast_forward
+
+
+def input_grad(logits: torch.Tensor, labels: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``input_grad_loss(logits, labels)`` with respect to ``leaf``.
+
+    float16 logits (``precision="fp16"``) mean a float16 backward through the model, where the loss gradient
+    of a confident row (softmax - one-hot, entries ~1 - p) underflows to zero, leaving ``v_perp = v`` and the
+    correction frozen. So each row's loss is scaled by a power of two that brings its largest logit gradient
+    to about 1 (computed on the device, no host synchronisation: CUDA graphs capture it) and the row's input
+    gradient is unscaled, exactly, in the input's precision.
+    """
+    if logits.dtype != torch.float16:
+        (grad,) = torch.autograd.grad(input_grad_loss(logits, labels), leaf)
+        return grad
+    scale = _row_loss_scale(logits.detach(), labels)
+    loss = (F.cross_entropy(logits.float(), labels, reduction="none") * scale).sum()  # scaled before float16
+    (grad,) = torch.autograd.grad(loss, leaf)
+    return grad / scale.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
+
+
+def _row_loss_scale(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """2^k per row with 2^k * max|softmax - one-hot| in (1/2, 1]. That maximum is 1 - p_label, computed as the
+    sum of the other probabilities (no cancellation when p_label is close to 1)."""
+    others = logits.float().softmax(1).scatter(1, labels.unsqueeze(1), 0.0).sum(1)
+    others = others.clamp(min=2.0**-100)  # every other probability 0: no gradient to save
+    return torch.exp2(torch.floor(-torch.log2(others)))
 
 
 # How many input values one model call should take on a CPU. Measured on 2 cores on 2026-11-29 at commit

@@ -5,7 +5,7 @@ import torch
 
 import lst_fast
 from lst_fast import graphs, reference, traversal, tuning
-from lst_fast.classifier import model_guard
+from lst_fast.classifier import input_grad_loss, model_guard
 from lst_fast.settings import check_settings
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both, tiny_cnn
 
@@ -93,6 +93,56 @@ def test_fp16_runs_the_model_in_half_precision():
     assert torch.float16 in seen
     torch.testing.assert_close(got.images, ref.images, atol=5e-3, rtol=0)
     assert (got.init_conf - got.final_conf < 0.2).all()
+
+
+def confident_linear_model(gap: float = 30.0) -> torch.nn.Module:
+    """A linear classifier whose class 0 leads by ``gap`` logits: the other probabilities are ~exp(-gap)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(0.1)
+        model[1].bias.copy_(torch.tensor([gap, 0.0, 0.0]))
+    return model.eval()
+
+
+def test_fp16_loss_scaling_keeps_a_gradient_that_underflows_without_it():
+    """A confident row's loss gradient (~exp(-30) = 1e-13) is below float16's smallest value (6e-8): an
+    unscaled fp16 backward returns exactly zero; the scaled one returns the gradient the float32 loop uses."""
+    model = confident_linear_model()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(4, dtype=torch.int64)
+    leaf = x.clone().requires_grad_(True)
+    fp32 = torch.autograd.grad(input_grad_loss(model(leaf), labels), leaf)[0]
+    assert fp32.abs().max() > 0
+    assert torch.equal(tuning.input_grad(model(leaf), labels, leaf), fp32), "float32 logits: the plain gradient"
+
+    def fp16_logits(leaf):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return model(leaf)
+
+    unscaled = torch.autograd.grad(input_grad_loss(fp16_logits(leaf), labels), leaf)[0]
+    assert torch.count_nonzero(unscaled) == 0, "the test needs a gradient that underflows in float16"
+    scaled = tuning.input_grad(fp16_logits(leaf), labels, leaf)
+    assert scaled.dtype == torch.float32
+    # float16 logits (resolution 2^-6 at 30) perturb exp(-30) by up to ~1%; the weights' rounding adds less.
+    error = (scaled - fp32).flatten(1).norm(dim=1) / fp32.flatten(1).norm(dim=1)
+    assert (error < 0.05).all(), error
+
+
+def test_fp16_traversal_of_a_confident_model_follows_the_float32_path():
+    """With the gradient lost, v_perp would be v and the path the straight line; with loss scaling the fp16
+    path is the float32 one up to float16 rounding of the model."""
+    model = confident_linear_model()
+    srcs, tgts = colour_patches(4, size=8).float(), colour_patches(4, size=8, seed=1).float()
+    kwargs = dict(iters=6, step_size=0.2, init_noise=0.0, fold_batchnorm=False)
+    fp32 = lst_fast.traverse_batch(model, srcs, tgts, **kwargs)
+    fp16 = lst_fast.traverse_batch(model, srcs, tgts, precision="fp16", **kwargs)
+    straight = srcs.clone()
+    for _ in range(kwargs["iters"]):  # the path a zero gradient gives (the correction is ~1e-16 here)
+        straight = (straight + kwargs["step_size"] * (tgts - straight)).clamp(0, 1)
+    assert (fp32.images - straight).abs().max() > 5e-3, "the projection must matter for this test"
+    torch.testing.assert_close(fp16.images, fp32.images, atol=5e-4, rtol=0)  # measured: 1.1e-5
+    assert torch.equal(fp16.accepted, fp32.accepted)
 
 
 @pytest.mark.parametrize("rows_per_call", [1, 3, None])

@@ -3,16 +3,44 @@
 The module takes raw device pointers and the current torch stream as integers and does not link libtorch;
 its CUDA runtime is linked statically, so it imports anywhere and :func:`unavailable_reason` says why it
 cannot run (no module built, no GPU, a driver older than the runtime it was built with).
+
+Rows longer than one thread block holds are stepped in groups of rows (``PLANS``, csrc/lst_step.h):
+``"bounded"`` (the default) makes at most 16 launches per step, ``"l2_groups"`` (the first plan) sizes the
+groups to half of the L2 cache. ``LST_FAST_CUDA_PLAN`` (read at import) or :func:`set_plan` picks one;
+bench/bench_step.py times both.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 
 import torch
 
-DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-          torch.bfloat16: "bfloat16"}
+from lst_fast.kernels import DTYPE_NAMES, step_args
+
+DTYPES = tuple(DTYPE_NAMES)
+PLANS = ("bounded", "l2_groups")
+
+
+def _plan_from_env() -> str:
+    plan = os.environ.get("LST_FAST_CUDA_PLAN", PLANS[0])
+    if plan not in PLANS:
+        raise ValueError(f"LST_FAST_CUDA_PLAN must be one of {PLANS}, got {plan!r}")
+    return plan
+
+
+_plan = _plan_from_env()
+
+
+def set_plan(plan: str) -> str:
+    """Use launch plan ``plan`` (one of PLANS) from the next step on; returns the previous one."""
+    global _plan
+    if plan not in PLANS:
+        raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
+    previous, _plan = _plan, plan
+    return previous
 
 
 @functools.cache
@@ -24,18 +52,31 @@ def _module():
     return _C_cuda
 
 
+def unavailable_reason(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
+    """'' when the CUDA kernels can run (on ``device``, for ``dtype``) here, else why not."""
+    if device is not None and device.type != "cuda":
+        return "CUDA tensors only"
+    if dtype is not None and dtype not in DTYPES:
+        return "float32, float64, float16 and bfloat16 only"
+    return _runtime_reason()
+
+
 @functools.cache
-def unavailable_reason() -> str:
-    """'' when the CUDA kernels can run here, else why not."""
+def _runtime_reason() -> str:
     if _module() is None:
         return "lst_fast._C_cuda was not built (no nvcc when the package was installed, or LST_FAST_CUDA=OFF)"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
-    return _module().runtime_error()
+    reason = _module().runtime_error()
+    if reason:  # torch sees a GPU that the module's own runtime cannot use: say so, once
+        reason = (f"the CUDA 13 runtime linked into lst_fast._C_cuda cannot use the GPU ({reason}); it needs an "
+                  "NVIDIA driver for CUDA 13 or newer (see the README)")
+        warnings.warn(f"lst_fast: {reason}; the step runs on another backend", RuntimeWarning, stacklevel=2)
+    return reason
 
 
 def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
-    return device.type == "cuda" and (dtype is None or dtype in DTYPES) and unavailable_reason() == ""
+    return unavailable_reason(device, dtype) == ""
 
 
 def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
@@ -45,9 +86,6 @@ def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_siz
     workspace_len = module.workspace_size(n_rows, row_len)
     workspace = torch.empty(workspace_len, dtype=torch.float64, device=x.device) if workspace_len else None
     module.lst_step(
-        DTYPES[x.dtype],
-        x.data_ptr(), x.stride(0), grad.data_ptr(), grad.stride(0), tgt.data_ptr(), tgt.stride(0),
-        0 if delta is None else delta.data_ptr(), 0 if delta is None else delta.stride(0),
-        out.data_ptr(), out.stride(0), n_rows, row_len, step_size, adv_step_size,
-        0 if workspace is None else workspace.data_ptr(), torch.cuda.current_stream().cuda_stream,
+        step_args(module, x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size),
+        0 if workspace is None else workspace.data_ptr(), torch.cuda.current_stream().cuda_stream, _plan,
     )

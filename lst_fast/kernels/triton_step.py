@@ -28,12 +28,18 @@ SPLIT_BLOCK = 4096  # elements of one row per program in the split plan
 MAX_GRID_Y = 65535
 
 
-def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
+def unavailable_reason(device: torch.device, dtype: torch.dtype | None) -> str:
     if dtype is not None and dtype not in DTYPES:
-        return False
+        return "float32, float16 and bfloat16 only"
     if device.type == "cuda":
-        return torch.cuda.is_available()
-    return device.type == "cpu" and triton_interpreting()
+        return "" if torch.cuda.is_available() else "torch sees no CUDA device"
+    if device.type == "cpu":
+        return "" if triton_interpreting() else "on CPU only under TRITON_INTERPRET=1 (the interpreter, for tests)"
+    return f"CUDA tensors only, got {device.type}"
+
+
+def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
+    return unavailable_reason(device, dtype) == ""
 
 
 @triton.jit
