@@ -117,6 +117,12 @@ step tests 60 kernel_tests
 step bench 90 step_bench
 step traverse 110 traverse_bench
 step agreement 60 agreement
+# The pytest-benchmark GPU selection (bench/test_*.py, marker gpu) into benchmarks_cuda.json.
+pytest_bench() {
+  "$PY" -c "import pytest_benchmark" 2>/dev/null || "$PY" -m pip install --no-index --no-deps --find-links "$WHEELHOUSE" -q pytest-benchmark py-cpuinfo
+  "$PY" -m pytest "$REPO/bench" -m gpu -q -p no:cacheprovider --benchmark-json="$OUT_DIR/benchmarks_cuda.json"
+}
+step pytest_bench 120 pytest_bench
 # The step table into the summary; its plot is dropped to stay within 8 files (redraw it with --plot-only).
 [ -f "$OUT_DIR/step_cuda.json" ] && MPLBACKEND=Agg "$PY" "$REPO/bench/bench_step.py" --plot-only "$OUT_DIR/step_cuda.json" >>"$SUMMARY" 2>&1
 rm -f "$OUT_DIR/step_cuda.png"
