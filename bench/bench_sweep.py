@@ -9,8 +9,9 @@ style of the original evaluation script.
   worker processes, the fast loop, distances, checksummed unit files, batched triangle statistics.
 
 Both run the same pairs (the same derangements) with the same settings; pairs/s = pairs / wall time (model
-loading excluded), medians over interleaved repeats. On a shared, busy machine wall time mostly measures the
-neighbours, so the CPU time of this process (and of finished data loading workers) is reported as well; with
+loading excluded), medians over interleaved repeats; speed-ups are medians of per-round ratios. On a shared,
+busy machine wall time mostly measures the neighbours, so the CPU time of this process (and of finished data
+loading workers) is reported as well; with
 ``OMP_NUM_THREADS=1 --workers 0`` it is the work each side does. Both results are also compared (mean L2
 distance and mean triangle confidence) so the timing is of the same work.
 

@@ -129,9 +129,10 @@ def print_peak_rss(which: str, args) -> None:
 
 
 def measure(setup_args, precision="fp32", cuda_graphs=False, schedule="paper", *, device, short=1, long=9,
-            rounds=3) -> dict:
+            rounds=3, compiled_floor=False) -> dict:
     """ms per iteration of both loops and the model's floors on one set-up (model, normalizer, srcs, tgts,
-    labels), in interleaved rounds, and their per-round ratios."""
+    labels), in interleaved rounds, and their per-round ratios. ``compiled_floor`` adds the tuned floor under
+    torch.compile (``floor_tuned_compiled``) and the seconds of its first, compiling call."""
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
@@ -152,6 +153,11 @@ def measure(setup_args, precision="fp32", cuda_graphs=False, schedule="paper", *
         "fast_short": loop("fast", short, **fast),
         "fast_long": loop("fast", long, **fast),
     }
+    first_call = {}
+    if compiled_floor:
+        fns["floor_tuned_compiled"] = floor_fn(torch.compile(tuned), normalizer, srcs, labels, layout, precision, rows)
+        seconds = harness.seconds_per_call(fns["floor_tuned_compiled"], device)["wall"]
+        first_call["compile_first_call_s"] = round(seconds, 1)
     model.to(memory_format=torch.contiguous_format)  # the loops must see the caller's usual model
     t = harness.interleaved_rounds(fns, device, rounds)
     for loop_name in ("reference", "fast"):
@@ -170,6 +176,7 @@ def measure(setup_args, precision="fp32", cuda_graphs=False, schedule="paper", *
         "fast_over_best_floor": round(t.ratio("fast", "best_floor"), 3),
         "fast_extra_over_tuned_floor": round(t.ratio("fast", "floor_tuned") - 1, 3),
         "model_copy_mb": round(sum(x.nbytes for x in (*tuned.parameters(), *tuned.buffers())) / 2**20, 1),
+        **first_call,
     }
 
 
@@ -177,7 +184,7 @@ def bench_config(name, batch, precision, cuda_graphs, schedule, device, args) ->
     setup_args = setup(name, batch, device)
     row = {"model": name, "batch": batch, **measure(
         setup_args, precision, cuda_graphs, schedule, device=device, short=args.short, long=args.long,
-        rounds=args.repeats)}
+        rounds=args.repeats, compiled_floor=args.compiled_floor)}
     for which in ("reference", "fast"):
         options = loop_options(which, precision, cuda_graphs, schedule)
         row[f"{which}_peak_mb"] = round(peak_memory_mb(which, name, batch, options, device, setup_args), 1)
@@ -215,6 +222,8 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--schedules", nargs="+", default=["paper"], choices=SCHEDULES)
     parser.add_argument("--cuda-graphs", action="store_true", help="also measure the fast path with CUDA graphs")
+    parser.add_argument("--compiled-floor", action="store_true",
+                        help="also time the fast path's model copy under torch.compile (floor_tuned_compiled)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--short", type=int, default=1, help="iterations of the short run")
