@@ -13,11 +13,12 @@ Offline EfficientNet-Lite0 on the bundled photos, 224x224, CPU, same model and p
   model batches of the default size. Both use the same generator protocol (one randn((256, C, H, W)) per
   sample), so their numbers are compared too. pthresh = 0 so that every sample is measured by both.
 
-Medians over repeats, interleaved; the ratio baseline / batched is the speed-up. Also measured (sweep layout
-and path widths): the batched path on the plain model (memory_format="contiguous", fold_batchnorm=False), to
-separate the gain of chunking/sharing from the gain of the tuned model copy.
+Medians over interleaved rounds (bench/harness.py); the speed-up is the per-round ratio baseline / batched.
+Also measured (sweep layout and path widths): the batched path on the plain model
+(memory_format="contiguous", fold_batchnorm=False), to separate the gain of chunking/sharing from the gain
+of the tuned model copy.
 
-Usage: python bench/bench_geometry.py [--triangles 20] [--samples 8] [--num-vecs 256] [--repeats 3]
+Usage: python -m bench.bench_geometry [--triangles 20] [--samples 8] [--num-vecs 256] [--repeats 3]
        [--width-repeats 1] [--no-figures] [--out bench/results]
 Writes geometry_bench.json / .csv / .png and example figures geometry_*.png to --out.
 """
@@ -25,17 +26,17 @@ Writes geometry_bench.json / .csv / .png and example figures geometry_*.png to -
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+<<<<<<< HEAD
 from lst_fast import data, geometry, models, plots, tables
+=======
+from bench import harness
+from lst_fast import data, geometry, models, plots
+>>>>>>> h13
 from lst_fast.fast import traverse_batch
 from lst_fast.tuning import is_convolutional
 
@@ -130,22 +131,20 @@ def distinct(images, seed):
 # Timing
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
-
-
-def compare(name, contenders: dict, repeats: int) -> dict:
-    """Interleaved repeats of each contender; medians, and the results of the last repeat."""
-    times = {key: [] for key in contenders}
+def compare(task: str, contenders: dict, repeats: int, device="cpu") -> list[dict]:
+    """Interleaved rounds of each contender: one row per contender with its median seconds, its speed-up over
+    one_at_a_time (per-round ratio) and the largest difference of its result from one_at_a_time's."""
     values = {}
-    for _ in range(repeats):
-        for key, fn in contenders.items():
-            seconds, values[key] = timed(fn)
-            times[key].append(seconds)
-            print(f"  {name} {key}: {seconds:.2f} s", flush=True)
-    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "all_s": times, "values": values}
+    fns = {name: (lambda name=name, fn=fn: values.__setitem__(name, fn())) for name, fn in contenders.items()}
+    timed = harness.interleaved_rounds(fns, device, repeats, warmup=0)
+    rows = []
+    for name in contenders:
+        rows.append({"task": task, "impl": name, "median_s": round(timed.median(name), 3),
+                     "all_s": [round(x, 3) for x in timed.seconds(name)],
+                     "speedup": round(timed.ratio("one_at_a_time", name), 3),
+                     "max_abs_difference": max_difference(values[name], values["one_at_a_time"])})
+        print(f"  {task} {name}: {rows[-1]['median_s']:.2f} s, speed-up {rows[-1]['speedup']:.2f}x", flush=True)
+    return rows
 
 
 def triangle_contenders(model, normalizer, plain, srcs, outs_a, outs_b, labels, plain_batched: bool) -> dict:
@@ -159,8 +158,33 @@ def triangle_contenders(model, normalizer, plain, srcs, outs_a, outs_b, labels, 
     return contenders
 
 
-def max_difference(a: dict, b: dict) -> dict:
-    return {key: float((a[key].float() - b[key].float()).abs().max()) for key in a}
+def max_difference(a, b) -> float:
+    """Largest absolute difference of two results (tensors, or dicts of tensors with the same keys)."""
+    if isinstance(a, dict):
+        return max(max_difference(a[key], b[key]) for key in a)
+    return float((a.float() - b.float()).abs().max())
+
+
+def width_contenders(model, normalizer, plain, x, directions, labels, num_vecs: int) -> dict:
+    """Path widths one sample and radius at a time, batched, and batched on the plain model; the same
+    generator protocol, so that their numbers agree."""
+    return {
+        "one_at_a_time": lambda: width_one_at_a_time(
+            plain, x, directions, labels, torch.Generator().manual_seed(0), num_vecs),
+        "batched": lambda: geometry.path_width(
+            model, x, directions, labels, normalizer=normalizer, num_vecs=num_vecs, pthresh=0.0,
+            generator=torch.Generator().manual_seed(0)),
+        "batched_plain_model": lambda: geometry.path_width(
+            plain, x, directions, labels, num_vecs=num_vecs, pthresh=0.0, generator=torch.Generator().manual_seed(0),
+            memory_format="contiguous", fold_batchnorm=False),
+    }
+
+
+def width_inputs(plain, x, labels, tgts):
+    """Directions v_perp at ``x`` (the orthogonal component of tgt - x w.r.t. the input gradient)."""
+    x_in = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(plain(x_in), labels, reduction="sum"), x_in)
+    return geometry.orthogonal_direction(x, grad, tgts)
 
 
 def main() -> None:
@@ -186,13 +210,11 @@ def main() -> None:
     src_idx, tgt_idx, result = lst_outputs(model, normalizer, photos, range(sources), per_source, args.lst_iters)
     srcs, outs_a, outs_b, tri_labels, source_ids = sweep_triangles(photos, src_idx, result.images, result.labels,
                                                                    args.triangles)
-    report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "model": "EfficientNet-Lite0 (offline), 224x224, fp32",
+    config = {
+        "model": "EfficientNet-Lite0 (offline), 224x224, fp32", **{k: v for k, v in vars(args).items()
+                                                                 if k not in ("out", "no_figures")},
         "triangles": len(srcs), "points_per_triangle": len(geometry.triangle_grid(N_GRID)),
-        "samples": args.samples, "num_vecs": args.num_vecs, "distances": DISTANCES,
-        "batched_batch_size": geometry.default_batch_size(photos, is_convolutional(model)),
+        "distances": DISTANCES, "batched_batch_size": geometry.default_batch_size(photos, is_convolutional(model)),
     }
 
     # Triangles, sweep layout (shared sources and edges) and distinct vertices.
@@ -200,79 +222,46 @@ def main() -> None:
         "sweep": (srcs, outs_a, outs_b),
         "distinct": (distinct(srcs, 1), distinct(outs_a, 2), distinct(outs_b, 3)),
     }
+    rows = []
     for layout, (s, a, b) in layouts.items():
-        print(f"triangles ({layout} layout): {len(s)} x {report['points_per_triangle']} points", flush=True)
+        print(f"triangles ({layout} layout): {len(s)} x {config['points_per_triangle']} points", flush=True)
         contenders = triangle_contenders(
             model, normalizer, plain, s, a, b, tri_labels, plain_batched=layout == "sweep"
         )
-        runs = compare(f"triangles/{layout}", contenders, args.repeats)
-        medians = runs["median_s"]
-        report[f"triangles_{layout}"] = {
-            "median_s": medians, "all_s": runs["all_s"],
-            "speedup": medians["one_at_a_time"] / medians["batched"],
-            "max_abs_difference": max_difference(runs["values"]["batched"], runs["values"]["one_at_a_time"]),
-        }
-        if "batched_plain_model" in medians:
-            plain_speedup = medians["one_at_a_time"] / medians["batched_plain_model"]
-            report[f"triangles_{layout}"]["speedup_plain_model"] = plain_speedup
-        print(f"  speed-up {report[f'triangles_{layout}']['speedup']:.2f}x", flush=True)
+        rows += compare(f"triangles_{layout}", contenders, args.repeats)
     stats = geometry.triangle_stats(model, srcs, outs_a, outs_b, tri_labels, normalizer=normalizer)
     per_source = geometry.aggregate_triangles(stats, source_ids)
+<<<<<<< HEAD
     report["table2_example"] = tables.mean_std_table({"EfficientNet-Lite0": per_source},
                                                      columns=geometry.TABLE2_COLUMNS)
+=======
+    print(geometry.mean_std_table({"EfficientNet-Lite0": per_source}, columns=geometry.TABLE2_COLUMNS))
+>>>>>>> h13
 
     # Path widths at LST outputs, direction v_perp.
     count = min(args.samples, len(result.images))
     x, y, tgts = result.images[:count], result.labels[:count], photos[tgt_idx[:count]]
-    x_in = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(plain(x_in), y, reduction="sum"), x_in)
-    directions = geometry.orthogonal_direction(x, grad, tgts)
+    directions = width_inputs(plain, x, y, tgts)
     print(f"path widths: {count} samples x {len(DISTANCES)} radii x {args.num_vecs} vectors", flush=True)
-    runs = compare("widths", {
-        "one_at_a_time": lambda: width_one_at_a_time(
-            plain, x, directions, y, torch.Generator().manual_seed(0), args.num_vecs),
-        "batched": lambda: geometry.path_width(
-            model, x, directions, y, normalizer=normalizer, num_vecs=args.num_vecs, pthresh=0.0,
-            generator=torch.Generator().manual_seed(0)),
-        "batched_plain_model": lambda: geometry.path_width(
-            plain, x, directions, y, num_vecs=args.num_vecs, pthresh=0.0, generator=torch.Generator().manual_seed(0),
-            memory_format="contiguous", fold_batchnorm=False),
-    }, args.width_repeats)
-    medians = runs["median_s"]
-    report["path_widths"] = {
-        "median_s": medians, "all_s": runs["all_s"],
-        "speedup": medians["one_at_a_time"] / medians["batched"],
-        "speedup_plain_model": medians["one_at_a_time"] / medians["batched_plain_model"],
-        "max_abs_difference": float((runs["values"]["batched"] - runs["values"]["one_at_a_time"]).abs().max()),
-    }
-    print(f"  speed-up {report['path_widths']['speedup']:.2f}x", flush=True)
+    contenders = width_contenders(model, normalizer, plain, x, directions, y, args.num_vecs)
+    rows += compare("path_widths", contenders, args.width_repeats)
 
-    write_results(out, report)
+    path = harness.write_result(out / "geometry_bench", config=config, rows=rows)
+    plot_speedups(harness.read_result(path), out / "geometry_bench.png")
     if not args.no_figures:
         write_figures(out, model, normalizer, photos, names, srcs, outs_a, outs_b, tri_labels, src_idx, tgt_idx,
                       result)
 
 
-def write_results(out: Path, report: dict) -> None:
-    (out / "geometry_bench.json").write_text(json.dumps(report, indent=2, default=str))
-    rows = [
-        ("triangles_sweep", report["triangles_sweep"]),
-        ("triangles_distinct", report["triangles_distinct"]),
-        ("path_widths", report["path_widths"]),
-    ]
-    with open(out / "geometry_bench.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["task", "one_at_a_time_s", "batched_s", "batched_plain_model_s", "speedup"])
-        for task, r in rows:
-            m = r["median_s"]
-            writer.writerow([task, f"{m['one_at_a_time']:.3f}", f"{m['batched']:.3f}",
-                             f"{m['batched_plain_model']:.3f}" if "batched_plain_model" in m else "",
-                             f"{r['speedup']:.2f}"])
+def plot_speedups(report: dict, path: Path) -> None:
+    config = report["config"]
+    batched = {r["task"]: r["speedup"] for r in report["rows"] if r["impl"] == "batched"}
+    labels = {"triangles_sweep": f"{config['triangles']} triangles\n(sweep layout)",
+              "triangles_distinct": f"{config['triangles']} triangles\n(distinct)",
+              "path_widths": f"{config['samples']} path widths\n({config['num_vecs']} x {len(config['distances'])})"}
     fig, ax = plots.plt.subplots(figsize=(6.4, 3.6))
-    labels = [f"{report['triangles']} triangles\n(sweep layout)", f"{report['triangles']} triangles\n(distinct)",
-              f"{report['samples']} path widths\n({report['num_vecs']} x {len(report['distances'])})"]
-    speedups = [r["speedup"] for _, r in rows]
-    bars = ax.bar(labels, speedups, color=["C0", "C0", "C1"])
+    speedups = list(batched.values())
+    bars = ax.bar([labels[task] for task in batched], speedups, color=["C0", "C0", "C1"])
     ax.bar_label(bars, [f"{s:.2f}x" for s in speedups])
     ax.set_ylim(0, 1.15 * max(speedups + [3]))
     ax.axhline(3, color="grey", linestyle="--", linewidth=1, label="goal 3x")
@@ -281,7 +270,7 @@ def write_results(out: Path, report: dict) -> None:
     ax.set_title("Batched geometry, EfficientNet-Lite0 on CPU", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "geometry_bench.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plots.plt.close(fig)
 
 

@@ -1,26 +1,33 @@
-"""Benchmark of the fused LST step (lst_fast.ops.lst_step_) against the eager and the compiled PyTorch chain.
+"""Benchmark of the fused LST step (lst_fast.ops) against the eager and the compiled PyTorch chain.
 
 For every backend that runs on the device, over CIFAR (3x32x32) and ImageNet (3x224x224) rows and several
-batch sizes, with the adversarial correction on (the paper's setting), it reports the time per step, the
-effective bandwidth (the bytes that must move: read x, grad, tgt, delta; write candidate, delta), the speed-up
-over (a) the spec's chain in eager PyTorch with fresh tensors each step (as lst_fast/reference.py writes it)
-and (b) the same chain under torch.compile, and the fraction of the machine's copy bandwidth, measured in the
-same run with a ``tensor.copy_`` moving as many bytes as the largest step.
+batch sizes, with the adversarial correction on (the paper's setting), it reports the time per step in place
+(``lst_step_`` into buffers the caller owns, as the fast loop calls it) and out of place (``lst_step``), the
+effective bandwidth (the bytes that must move: read x, grad, tgt, delta; write candidate, delta), the
+speed-up over (a) the spec's chain in eager PyTorch with fresh tensors (lst_fast.testing.eager_step) and (b)
+the same chain under torch.compile, and the fraction of the machine's copy bandwidth: a ``copy_`` of the
+same bytes into a preallocated buffer, timed in the same rounds.
 
+<<<<<<< HEAD
 Implementations are timed in interleaved rounds (median over rounds), so a machine shared with other work
 slows them all alike. The CUDA kernel is timed with both of its launch plans for long rows: ``cuda`` (bounded
 launches, the default) and ``cuda_l2`` (groups sized to half of L2; see csrc/lst_step.h). Writes
 ``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
+=======
+Implementations are timed in interleaved rounds (bench/harness.py); ratios are medians of per-round ratios.
+Writes ``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
+>>>>>>> h13
 
-    python bench/bench_step.py                      # CPU, default batches
-    python bench/bench_step.py --device cuda        # GPU (see bench/gpu_check.sh)
-    python bench/bench_step.py --clock thread       # CPU time of one thread (a machine shared with others)
-    python bench/bench_step.py --plot-only bench/results/step_cuda.json
+    python -m bench.bench_step                      # CPU, default batches
+    python -m bench.bench_step --device cuda        # GPU (see bench/gpu_check.sh)
+    python -m bench.bench_step --clock thread       # CPU time of one thread (a machine shared with others)
+    python -m bench.bench_step --plot-only bench/results/step_cuda.json
 """
 
 from __future__ import annotations
 
 import argparse
+<<<<<<< HEAD
 import csv
 import functools
 import json
@@ -28,79 +35,99 @@ import os
 import platform
 import statistics
 import time
+=======
+>>>>>>> h13
 from pathlib import Path
 
 import torch
 
+from bench import harness
 from lst_fast import ops
+<<<<<<< HEAD
 from lst_fast.kernels import cuda_step
+=======
+from lst_fast.testing import ADV_STEP_SIZE, eager_step, make_inputs
+>>>>>>> h13
 
 SHAPES = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "large": (3, 512, 512)}
 DEFAULT_BATCHES = {
     "cpu": {"cifar": [64, 512], "imagenet": [1, 16, 64], "large": []},
     "cuda": {"cifar": [64, 1024, 8192], "imagenet": [1, 64, 256], "large": [1024]},
 }
+<<<<<<< HEAD
 CUDA_PLANS = {"cuda": "bounded", "cuda_l2": "l2_groups"}  # impl name -> lst_fast.kernels.cuda_step plan
 STEP_SIZE, ADV_STEP_SIZE = 1e-2, 2e-3
+=======
+STEP_SIZE = 1e-2  # the paper's step size
+>>>>>>> h13
 TENSORS_MOVED = 6  # read x, grad, tgt, delta; write candidate, delta
+COPY = "copy/in_place"  # the bandwidth every implementation is compared with
 
 
-def eager_chain(x, grad, tgt, delta, step_size: float, adv_step_size: float):
-    """The spec's step as plain PyTorch with fresh tensors, as in lst_fast/reference.py."""
-    v = tgt - x
-    grad_v = (grad * v).flatten(1).sum(1)
-    grad_grad = (grad * grad).flatten(1).sum(1)
-    v_perp = v - grad * (grad_v / grad_grad).view(-1, 1, 1, 1)
-    v_perp = torch.where((grad_grad == 0).view(-1, 1, 1, 1), v, v_perp)
-    new_delta = torch.clamp(delta + (adv_step_size / 2) * grad, -adv_step_size, adv_step_size)
-    return torch.clamp(x + step_size * v_perp - new_delta, 0, 1), new_delta
+def step_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """The backends to time: every one that runs on the device, without the Triton interpreter (tests only)."""
+    return [b for b in ops.available_backends(device, dtype) if not (device.type == "cpu" and b == "triton")]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def implementations(backends: list[str], compiled: bool = True) -> list[str]:
+    """Names ``impl/placement`` of everything timed for one configuration."""
+    names = ["eager/out_of_place"] + (["compiled/out_of_place"] if compiled else [])
+    names += [f"{b}/{placement}" for b in backends for placement in ("in_place", "out_of_place")]
+    return names + ["copy/in_place", "copy/out_of_place"]
 
 
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-clock = CLOCKS["wall"]
+def step_fn(name: str, inputs: list[torch.Tensor], compiled_chain=None):
+    """A call of implementation ``name`` on ``inputs`` (x, grad, tgt, delta), timing only the step."""
+    x, grad, tgt, delta = inputs
+    impl, placement = name.split("/")
+    if impl == "copy":  # as many bytes as the step moves: read 3 and write 3 tensors of x's size
+        src = torch.cat([x.flatten(), grad.flatten(), tgt.flatten()])
+        dst = torch.empty_like(src)
+        return (lambda: dst.copy_(src)) if placement == "in_place" else src.clone
+    if impl == "eager":
+        return lambda: eager_step(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE)
+    if impl == "compiled":
+        return lambda: compiled_chain(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE)
+    if placement == "in_place":
+        out = torch.empty_like(x)
+        return lambda: ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE,
+                                     backend=impl)
+    return lambda: ops.lst_step(x, grad, tgt, delta, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE, backend=impl)
 
 
-def seconds_per_call(fn, device: torch.device, calls: int) -> float:
-    synchronize(device)
-    start = clock()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return (clock() - start) / calls
+def compile_chain():
+    """The eager chain under torch.compile (one compilation for every batch size)."""
+    return torch.compile(eager_step, dynamic=True)
 
 
-def calls_per_round(fn, device: torch.device, round_seconds: float) -> int:
-    """Back-to-back calls per timed round: enough for ``round_seconds`` (so GPU launch overhead counts)."""
-    fn()
-    once = seconds_per_call(fn, device, 1)
-    return max(1, min(10_000, int(round_seconds / max(once, 1e-7))))
+def config_inputs(shape: str, batch: int, device, dtype=torch.float32, channels_last=False) -> list[torch.Tensor]:
+    return make_inputs((batch, *SHAPES[shape]), dtype=dtype, device=device, channels_last=channels_last)
 
 
-def interleaved_rounds(fns: dict, device: torch.device, rounds: int, round_seconds: float) -> dict[str, list]:
-    """Seconds per call of every function in each of ``rounds`` rounds, the functions taking turns."""
-    calls = {name: calls_per_round(fn, device, round_seconds) for name, fn in fns.items()}
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(seconds_per_call(fn, device, calls[name]))
-    return samples
+def bytes_moved(x: torch.Tensor) -> int:
+    return TENSORS_MOVED * x.numel() * x.element_size()
 
 
-def make_inputs(batch: int, shape, device, dtype, memory_format):
-    gen = torch.Generator(device=device).manual_seed(0)
-    full = (batch, *shape)
-    x = torch.rand(full, generator=gen, device=device, dtype=dtype)
-    grad = torch.randn(full, generator=gen, device=device, dtype=dtype)
-    tgt = torch.rand(full, generator=gen, device=device, dtype=dtype)
-    delta = torch.zeros(full, device=device, dtype=dtype)
-    return [t.contiguous(memory_format=memory_format) for t in (x, grad, tgt, delta)]
+def compare(inputs, names: list[str], device, *, compiled_chain=None, rounds=9, round_seconds=0.02,
+            clock="wall") -> dict[str, dict]:
+    """Every implementation of one configuration in interleaved rounds: per name, ms per call, GB/s and the
+    per-round ratios vs_eager, vs_compiled (speed-ups) and copy_fraction (fraction of the copy bandwidth)."""
+    fns = {name: step_fn(name, inputs, compiled_chain) for name in names}
+    timed = harness.interleaved_rounds(fns, device, rounds, round_seconds=round_seconds, clocks=(clock,))
+    nbytes = bytes_moved(inputs[0])
+    found = {}
+    for name in names:
+        seconds = timed.median(name, clock)
+        found[name] = {"ms": seconds * 1e3, "ms_min": min(timed.seconds(name, clock)) * 1e3,
+                       "gbps": nbytes / seconds / 1e9}
+        for column, baseline in (("vs_eager", "eager/out_of_place"), ("vs_compiled", "compiled/out_of_place")):
+            if baseline in fns:
+                found[name][column] = timed.ratio(baseline, name, clock)
+        found[name]["copy_fraction"] = timed.ratio(COPY, name, clock)
+    return found
 
 
+<<<<<<< HEAD
 def copy_bandwidth(nbytes: int, device: torch.device, rounds: int, round_seconds: float) -> float:
     """Bytes read plus written per second by ``dst.copy_(src)`` into a preallocated buffer."""
     src = torch.rand(nbytes // 2 // 4, device=device)
@@ -151,20 +178,20 @@ def fits(batch: int, shape, dtype: torch.dtype, device: torch.device) -> bool:
 
 def run(args) -> dict:
     global clock
+=======
+def run(args) -> list[dict]:
+>>>>>>> h13
     device = torch.device(args.device)
-    if args.clock == "thread":  # CPU time of this one thread: robust to other processes taking the cores
+    if args.clock == "thread":
         if device.type != "cpu":
             raise SystemExit("--clock thread measures CPU work: use it with --device cpu")
-        torch.set_num_threads(1)
-    clock = CLOCKS[args.clock]
+        harness.use_thread_clock()
     dtype = getattr(torch, args.dtype)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    backends = [b for b in ops.available_backends(device, dtype) if not (device.type == "cpu" and b == "triton")]
-    batches = DEFAULT_BATCHES[device.type]
-    if args.batches:
-        batches = {name: args.batches for name in SHAPES}
-    compiled_chain = torch.compile(eager_chain, dynamic=True)
+    names = implementations(step_backends(device, dtype))
+    batches = {name: args.batches for name in SHAPES} if args.batches else DEFAULT_BATCHES[device.type]
+    compiled_chain = compile_chain()
     rows = []
+<<<<<<< HEAD
     for name in SHAPES:
         for batch in batches[name]:
             if not fits(batch, SHAPES[name], dtype, device):
@@ -205,6 +232,19 @@ def write_results(report: dict, out: Path) -> Path:
         writer.writeheader()
         writer.writerows(report["results"])
     return stem
+=======
+    for shape in SHAPES:
+        for batch in batches[shape]:
+            inputs = config_inputs(shape, batch, device, dtype, args.channels_last)
+            found = compare(inputs, names, device, compiled_chain=compiled_chain, rounds=args.rounds,
+                            round_seconds=args.round_seconds, clock=args.clock)
+            for name, values in found.items():
+                impl, placement = name.split("/")
+                rows.append({"shape": shape, "batch": batch, "impl": impl, "placement": placement,
+                             "bytes_moved": bytes_moved(inputs[0]), **values})
+            print(" ".join(f"{n}={v['ms']:.3f}ms" for n, v in found.items()), f"[{shape} batch {batch}]", flush=True)
+    return rows
+>>>>>>> h13
 
 
 def plot(report: dict, path: Path) -> None:
@@ -213,7 +253,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["results"]
+    rows = [r for r in report["rows"] if r["placement"] == "in_place" or r["impl"] in ("eager", "compiled")]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     fig, axes = plt.subplots(1, len(SHAPES), figsize=(6 * len(SHAPES), 4), squeeze=False)
     for ax, name in zip(axes[0], SHAPES):
@@ -223,27 +263,29 @@ def plot(report: dict, path: Path) -> None:
             values = [next((r["gbps"] for r in rows if (r["shape"], r["batch"], r["impl"]) == (name, b, impl)), 0)
                       for b in batches]
             ax.bar([k + i * width for k in range(len(batches))], values, width, label=impl)
-        ax.axhline(report["copy_gbps"], color="k", linestyle="--", label="copy_ bandwidth")
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(batches))], [f"B={b}" for b in batches])
         ax.set_title(f"{name} {'x'.join(map(str, SHAPES[name]))}")
         ax.set_ylabel("effective GB/s (6 tensors moved)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"LST step on {report['device_name']} ({report['device']}, {report['dtype']}, "
-                 f"{report['threads']} threads, {report.get('clock', 'wall')} clock)")
+    machine, config = report["machine"], report["config"]
+    fig.suptitle(f"LST step on {machine['gpu'] or machine['cpu']} ({config['device']}, {config['dtype']}, "
+                 f"{machine['torch_threads']} threads, {config['clock']} clock; copy = copy_ of the same bytes)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def summary(report: dict) -> str:
-    lines = [f"copy_ bandwidth: {report['copy_gbps']:.1f} GB/s ({report['device_name']}, {report['threads']} threads, "
-             f"load average {report['load_average'][0]:.1f}, {report.get('clock', 'wall')} clock); medians over "
-             f"{report['rounds']} interleaved rounds",
-             f"{'shape':9s} {'batch':>6s} {'impl':9s} {'ms':>9s} {'min ms':>9s} {'GB/s':>7s} {'x eager':>8s} "
-             f"{'x compiled':>10s} {'of copy':>8s}"]
-    for r in report["results"]:
-        lines.append(f"{r['shape']:9s} {r['batch']:6d} {r['impl']:9s} {r['ms']:9.3f} {r['ms_min']:9.3f} "
-                     f"{r['gbps']:7.1f} {r['vs_eager']:8.2f} {r['vs_compiled']:10.2f} {r['copy_fraction']:8.0%}")
+    machine, config = report["machine"], report["config"]
+    lines = [f"{machine['gpu'] or machine['cpu']}, {machine['torch_threads']} threads, load average "
+             f"{machine['load_average'][0]:.1f}, {config['clock']} clock; medians over {config['rounds']} "
+             f"interleaved rounds; ratios are per-round medians",
+             f"{'shape':9s} {'batch':>6s} {'impl':9s} {'placement':13s} {'ms':>9s} {'min ms':>9s} {'GB/s':>7s} "
+             f"{'x eager':>8s} {'x compiled':>10s} {'of copy':>8s}"]
+    for r in report["rows"]:
+        lines.append(f"{r['shape']:9s} {r['batch']:6d} {r['impl']:9s} {r['placement']:13s} {r['ms']:9.3f} "
+                     f"{r['ms_min']:9.3f} {r['gbps']:7.1f} {r['vs_eager']:8.2f} {r['vs_compiled']:10.2f} "
+                     f"{r['copy_fraction']:8.0%}")
     return "\n".join(lines)
 
 
@@ -255,24 +297,26 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes for every shape (default per device)")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds (median reported)")
     parser.add_argument("--round-seconds", type=float, default=0.02, help="minimum length of one timed round")
-    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="wall: elapsed time with all threads (default); thread: CPU time of one thread, for "
                              "machines shared with other work (CPU only; writes step_cpu_thread_time.*)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--plot-only", type=Path, help="redraw the plot of an earlier JSON report")
+    parser.add_argument("--plot-only", type=Path, help="redraw the plot of an earlier JSON result")
     args = parser.parse_args(argv)
     if args.plot_only:
-        report = json.loads(args.plot_only.read_text())
-        stem = args.plot_only.with_suffix("")
+        path = args.plot_only
     else:
-        report = run(args)
-        stem = write_results(report, args.out)
+        config = {k: v for k, v in vars(args).items() if k not in ("out", "plot_only")}
+        suffix = "_thread_time" if args.clock == "thread" else ""
+        stem = args.out / f"step_{torch.device(args.device).type}{suffix}"
+        path = harness.write_result(stem, config=config, rows=run(args), device=args.device)
+    report = harness.read_result(path)
     print(summary(report))
     try:
-        plot(report, stem.with_suffix(".png"))
+        plot(report, path.with_suffix(".png"))
     except ImportError as err:  # e.g. a GPU machine without matplotlib: redraw later with --plot-only
-        print(f"no plot ({err}); redraw with --plot-only {stem.with_suffix('.json')}")
-    print(f"results: {stem}.{{csv,json,png}}")
+        print(f"no plot ({err}); redraw with --plot-only {path}")
+    print(f"results: {path.with_suffix('')}.{{csv,json,png}}")
 
 
 if __name__ == "__main__":

@@ -9,29 +9,27 @@ style of the original evaluation script.
   worker processes, the fast loop, distances, checksummed unit files, batched triangle statistics.
 
 Both run the same pairs (the same derangements) with the same settings; pairs/s = pairs / wall time (model
-loading excluded), medians over interleaved repeats. On a shared, busy machine wall time mostly measures the
-neighbours, so the CPU time of this process (and of finished data loading workers) is reported as well; with
+loading excluded), medians over interleaved repeats; speed-ups are medians of per-round ratios. On a shared,
+busy machine wall time mostly measures the neighbours, so the CPU time of this process (and of finished data
+loading workers) is reported as well; with
 ``OMP_NUM_THREADS=1 --workers 0`` it is the work each side does. Both results are also compared (mean L2
 distance and mean triangle confidence) so the timing is of the same work.
 
-    python bench/bench_sweep.py                 # offline EfficientNet-Lite0, 6 photos x 3 rounds, 20 iterations
-    OMP_NUM_THREADS=1 python bench/bench_sweep.py --workers 1   # on a busy machine: no thread oversubscription
+    python -m bench.bench_sweep                 # offline EfficientNet-Lite0, 6 photos x 3 rounds, 20 iterations
+    OMP_NUM_THREADS=1 python -m bench.bench_sweep --workers 1   # on a busy machine: no thread oversubscription
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
-import sys
 import tempfile
-import time
 from itertools import combinations
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+<<<<<<< HEAD
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, sync, write_results  # noqa: E402
 
@@ -39,6 +37,13 @@ from lst_fast import data, geometry, metrics, models, reference, tables  # noqa:
 from lst_fast.sweep import SweepConfig, run_sweep  # noqa: E402
 from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator  # noqa: E402
 from lst_fast.classifier import class_conf  # noqa: E402
+=======
+from bench import harness
+from lst_fast import data, geometry, metrics, models, reference, tables
+from lst_fast.sweep import SweepConfig, run_sweep
+from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator
+from lst_fast.traversal import class_conf
+>>>>>>> h13
 
 
 def original_style(config: SweepConfig, model, normalizer, device) -> dict:
@@ -87,26 +92,6 @@ def lst_fast_sweep(config: SweepConfig, device, workers: int) -> dict:
         }
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (data loading workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def interleaved(fns: dict, device, repeats: int) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds of each function, called in turn so that machine noise hits all alike."""
-    samples = {name: {"wall": [], "cpu": []} for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            wall, cpu = time.perf_counter(), cpu_seconds()
-            fn()
-            sync(device)
-            samples[name]["wall"].append(time.perf_counter() - wall)
-            samples[name]["cpu"].append(cpu_seconds() - cpu)
-    return {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=20, help="LST iterations per pair")
@@ -131,15 +116,15 @@ def main() -> None:
     def run(name, fn):
         return lambda: answers.__setitem__(name, fn())
 
-    seconds = interleaved(
+    timed = harness.interleaved_rounds(
         {
             "original_style": run("original_style", lambda: original_style(config, model, normalizer, device)),
             "lst_fast": run("lst_fast", lambda: lst_fast_sweep(config, device, args.workers)),
         },
-        device, args.repeats,
+        device, args.repeats, warmup=0, clocks=("wall", "process"),
     )
-    wall = {name: s["wall"] for name, s in seconds.items()}
-    cpu = {name: s["cpu"] for name, s in seconds.items()}
+    wall = {name: timed.median(name, "wall") for name in ("original_style", "lst_fast")}
+    cpu = {name: timed.median(name, "process") for name in ("original_style", "lst_fast")}
     ours, theirs = answers["lst_fast"], answers["original_style"]
     pairs = theirs["pairs"]
     row = {
@@ -149,16 +134,16 @@ def main() -> None:
         "original_style_s": round(wall["original_style"], 2), "lst_fast_s": round(wall["lst_fast"], 2),
         "original_style_pairs_per_s": round(pairs / wall["original_style"], 3),
         "lst_fast_pairs_per_s": round(pairs / wall["lst_fast"], 3),
-        "speedup": round(wall["original_style"] / wall["lst_fast"], 3),
+        "speedup": round(timed.ratio("original_style", "lst_fast", "wall"), 3),
         "original_style_cpu_s": round(cpu["original_style"], 2), "lst_fast_cpu_s": round(cpu["lst_fast"], 2),
-        "speedup_cpu_time": round(cpu["original_style"] / cpu["lst_fast"], 3),
+        "speedup_cpu_time": round(timed.ratio("original_style", "lst_fast", "process"), 3),
         "mean_l2_original_style": round(theirs["l2"], 5), "mean_l2_lst_fast": round(ours["l2"], 5),
         "triangle_mean_original_style": round(theirs["triangle_mean"], 5),
         "triangle_mean_lst_fast": round(ours["triangle_mean"], 5),
     }
     print(row, flush=True)
     stem = args.out / f"sweep_{device.type}"
-    write_results([row], machine_info(device), stem)
+    harness.write_result(stem, config={k: v for k, v in vars(args).items() if k != "out"}, rows=[row], device=device)
     print(f"wrote {stem}.json/.csv")
 
 

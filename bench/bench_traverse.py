@@ -12,9 +12,9 @@ model's forward+backward. Times are medians over interleaved rounds; ratios are 
 each round. Peak memory is measured per loop for a short run (above what was in use before;
 the fast path's includes building its tuned model copy).
 
-    python bench/bench_traverse.py                       # offline EfficientNet-Lite0, batch 8, CPU
-    python bench/bench_traverse.py --models embedded resnet50 --batch-sizes 1 8 32
-    python bench/bench_traverse.py --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 --cuda-graphs
+    python -m bench.bench_traverse                       # offline EfficientNet-Lite0, batch 8, CPU
+    python -m bench.bench_traverse --models embedded resnet50 --batch-sizes 1 8 32
+    python -m bench.bench_traverse --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 --cuda-graphs
 The reference loop always runs in fp32 without graphs: it is the original's cost.
 """
 
@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cuda_peak_memory_mb, interleaved_samples, machine_info, rss_peak_of, write_results  # noqa: E402
-
-import lst_fast  # noqa: E402
-from lst_fast import data, models, reference, tuning  # noqa: E402
-from lst_fast.classifier import input_grad_loss  # noqa: E402
-from lst_fast.tuning import (  # noqa: E402
+import lst_fast
+from bench import harness
+from lst_fast import data, models, reference, tuning
+from lst_fast.classifier import input_grad_loss
+from lst_fast.tuning import (
     autocast_context,
     default_rows_per_call,
     resolve_memory_format,
@@ -44,6 +41,9 @@ from lst_fast.tuning import (  # noqa: E402
     tuned_model,
     with_autocast,
 )
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEDULES = ["paper"]  # the fast path's step-size schedules: add "adaptive" here once traverse_batch takes it
 
 
 def load(name: str, device: torch.device):
@@ -82,12 +82,23 @@ def setup(name, batch, device):
     return model, normalizer, srcs, tgts, labels
 
 
+def loop_options(which: str, precision="fp32", cuda_graphs=False, schedule="paper") -> dict:
+    """Keyword arguments of one loop. The reference loop always runs fp32 without graphs: the original's cost.
+    The schedule is passed only when it is not the paper's (traverse_batch's default)."""
+    if which == "reference":
+        return {}
+    options = dict(precision=precision, cuda_graphs=cuda_graphs)
+    if schedule != "paper":
+        options["schedule"] = schedule
+    return options
+
+
 def run_loop(which: str, model, normalizer, srcs, tgts, labels, iters: int, **options):
     traverse = reference.traverse_batch if which == "reference" else lst_fast.traverse_batch
     return traverse(model, srcs, tgts, labels, iters=iters, normalizer=normalizer, **options)
 
 
-def peak_memory_mb(which: str, name, batch, precision, cuda_graphs, device, setup_args) -> float:
+def peak_memory_mb(which: str, name, batch, options: dict, device, setup_args) -> float:
     """Peak memory of a 2-iteration run of one loop, above the memory in use after set-up, in MiB.
 
     Set-up includes a 1-iteration warm-up run of the same loop, so the fast path's tuned model copy (built
@@ -96,14 +107,14 @@ def peak_memory_mb(which: str, name, batch, precision, cuda_graphs, device, setu
     reset after set-up (/proc/self/clear_refs), with glibc's dynamic mmap threshold pinned so that freed
     tensors go back to the OS and the resident set tracks live memory.
     """
-    options = dict(precision=precision, cuda_graphs=cuda_graphs) if which == "fast" else {}
     if device.type == "cuda":
         run_loop(which, *setup_args, iters=1, **options)
-        return cuda_peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device)
-    command = [sys.executable, __file__, "--peak-of", which, "--models", name, "--batch-sizes", str(batch),
-               "--precisions", precision, "--device", str(device)]
+        return harness.peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device)
+    command = [sys.executable, "-m", "bench.bench_traverse", "--peak-of", which, "--models", name,
+               "--batch-sizes", str(batch), "--precisions", options.get("precision", "fp32"),
+               "--schedules", options.get("schedule", "paper"), "--device", str(device)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=REPO).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -111,19 +122,22 @@ def print_peak_rss(which: str, args) -> None:
     """Child process of peak_memory_mb: set up, reset the peak, run one loop, print its peak in MiB."""
     device = torch.device(args.device)
     setup_args = setup(args.models[0], args.batch_sizes[0], device)
-    options = dict(precision=args.precisions[0]) if which == "fast" else {}
+    options = loop_options(which, args.precisions[0], schedule=args.schedules[0])
     run_loop(which, *setup_args, iters=1, **options)  # warm-up: builds and caches the fast path's model copy
     gc.collect()
-    print(rss_peak_of(lambda: run_loop(which, *setup_args, iters=2, **options)))
+    print(harness.peak_memory_mb(lambda: run_loop(which, *setup_args, iters=2, **options), device))
 
 
-def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
-    setup_args = setup(name, batch, device)
+def measure(setup_args, precision="fp32", cuda_graphs=False, schedule="paper", *, device, short=1, long=9,
+            rounds=3, compiled_floor=False) -> dict:
+    """ms per iteration of both loops and the model's floors on one set-up (model, normalizer, srcs, tgts,
+    labels), in interleaved rounds, and their per-round ratios. ``compiled_floor`` adds the tuned floor under
+    torch.compile (``floor_tuned_compiled``) and the seconds of its first, compiling call."""
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
     rows = None if cuda_graphs else default_rows_per_call(srcs, tuning.is_convolutional(model))
-    fast_options = dict(precision=precision, cuda_graphs=cuda_graphs)
+    fast = loop_options("fast", precision, cuda_graphs, schedule)
 
     def loop(which, iters, **options):
         return lambda: run_loop(which, *setup_args, iters=iters, **options)
@@ -134,39 +148,47 @@ def bench_config(name, batch, precision, cuda_graphs, device, args) -> dict:
             model.to(memory_format=torch.channels_last), normalizer, srcs, labels, torch.channels_last
         ),
         "floor_tuned": floor_fn(tuned, normalizer, srcs, labels, layout, precision, rows),
-        "reference_short": loop("reference", args.short),
-        "reference_long": loop("reference", args.long),
-        "fast_short": loop("fast", args.short, **fast_options),
-        "fast_long": loop("fast", args.long, **fast_options),
+        "reference_short": loop("reference", short),
+        "reference_long": loop("reference", long),
+        "fast_short": loop("fast", short, **fast),
+        "fast_long": loop("fast", long, **fast),
     }
+    first_call = {}
+    if compiled_floor:
+        fns["floor_tuned_compiled"] = floor_fn(torch.compile(tuned), normalizer, srcs, labels, layout, precision, rows)
+        seconds = harness.seconds_per_call(fns["floor_tuned_compiled"], device)["wall"]
+        first_call["compile_first_call_s"] = round(seconds, 1)
     model.to(memory_format=torch.contiguous_format)  # the loops must see the caller's usual model
-    t = interleaved_samples(fns, device, args.repeats)
-    for loop_name in ("reference", "fast"):  # each round's long - short difference per iteration
-        pairs = zip(t.pop(f"{loop_name}_long"), t.pop(f"{loop_name}_short"))
-        t[loop_name] = [(long - short) / (args.long - args.short) for long, short in pairs]
-    ms = {k: 1e3 * statistics.median(v) for k, v in t.items()}
-    best_floor = [min(pair) for pair in zip(t["floor_contiguous"], t["floor_channels_last"])]
-
-    def ratio(a, b):  # median over rounds of the ratio within a round: a CPU's clock drifts over minutes
-        return round(statistics.median(x / y for x, y in zip(a, b)), 3)
-
-    row = {
-        "model": name,
-        "batch": batch,
+    t = harness.interleaved_rounds(fns, device, rounds)
+    for loop_name in ("reference", "fast"):
+        t.long_minus_short(loop_name, long, short)
+    t.add("best_floor", [min(pair) for pair in zip(t.seconds("floor_contiguous"), t.seconds("floor_channels_last"))])
+    return {
         "precision": precision,
         "cuda_graphs": cuda_graphs,
-        "rows_per_call": max(s.stop - s.start for s in row_slices(batch, rows)),
-        **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
-        "speedup_vs_reference": ratio(t["reference"], t["fast"]),
-        "reference_over_floor": ratio(t["reference"], t["floor_contiguous"]),
-        "fast_over_best_floor": ratio(t["fast"], best_floor),
-        "fast_extra_over_tuned_floor": round(ratio(t["fast"], t["floor_tuned"]) - 1, 3),
+        "schedule": schedule,
+        "rows_per_call": max(s.stop - s.start for s in row_slices(len(srcs), rows)),
+        **{f"{k}_ms": round(1e3 * t.median(k), 2) for k in fns if not k.endswith(("_short", "_long"))},
+        "reference_ms": round(1e3 * t.median("reference"), 2),
+        "fast_ms": round(1e3 * t.median("fast"), 2),
+        "speedup_vs_reference": round(t.ratio("reference", "fast"), 3),
+        "reference_over_floor": round(t.ratio("reference", "floor_contiguous"), 3),
+        "fast_over_best_floor": round(t.ratio("fast", "best_floor"), 3),
+        "fast_extra_over_tuned_floor": round(t.ratio("fast", "floor_tuned") - 1, 3),
+        "model_copy_mb": round(sum(x.nbytes for x in (*tuned.parameters(), *tuned.buffers())) / 2**20, 1),
+        **first_call,
     }
+
+
+def bench_config(name, batch, precision, cuda_graphs, schedule, device, args) -> dict:
+    setup_args = setup(name, batch, device)
+    row = {"model": name, "batch": batch, **measure(
+        setup_args, precision, cuda_graphs, schedule, device=device, short=args.short, long=args.long,
+        rounds=args.repeats, compiled_floor=args.compiled_floor)}
     for which in ("reference", "fast"):
-        peak = peak_memory_mb(which, name, batch, precision, cuda_graphs, device, setup_args)
-        row[f"{which}_peak_mb"] = round(peak, 1)
+        options = loop_options(which, precision, cuda_graphs, schedule)
+        row[f"{which}_peak_mb"] = round(peak_memory_mb(which, name, batch, options, device, setup_args), 1)
     row["memory_ratio"] = round(row["fast_peak_mb"] / max(row["reference_peak_mb"], 1e-9), 3)
-    row["model_copy_mb"] = round(sum(t.nbytes for t in (*tuned.parameters(), *tuned.buffers())) / 2**20, 1)
     return row
 
 
@@ -177,9 +199,10 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in dict.fromkeys((r["model"], r["precision"], r["cuda_graphs"]) for r in rows):
-        mine = [r for r in rows if (r["model"], r["precision"], r["cuda_graphs"]) == variant]
+    for variant in dict.fromkeys((r["model"], r["precision"], r["cuda_graphs"], r["schedule"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["precision"], r["cuda_graphs"], r["schedule"]) == variant]
         label = f"{variant[0]} {variant[1]}" + (" +graphs" if variant[2] else "")
+        label += f" {variant[3]}" if variant[3] != "paper" else ""
         ax.plot([r["batch"] for r in mine], [r["speedup_vs_reference"] for r in mine], "o-", label=label)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
@@ -197,9 +220,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["embedded"], help="'embedded' or timm names (random init)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8])
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--schedules", nargs="+", default=["paper"], choices=SCHEDULES)
     parser.add_argument("--cuda-graphs", action="store_true", help="also measure the fast path with CUDA graphs")
+    parser.add_argument("--compiled-floor", action="store_true",
+                        help="also time the fast path's model copy under torch.compile (floor_tuned_compiled)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--short", type=int, default=1, help="iterations of the short run")
     parser.add_argument("--long", type=int, default=9, help="iterations of the long run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -215,11 +241,13 @@ def main() -> None:
         for batch in args.batch_sizes:
             for precision in args.precisions:
                 for graphs in graph_options:
-                    row = bench_config(name, batch, precision, graphs, device, args)
-                    print(row, flush=True)
-                    rows.append(row)
+                    for schedule in args.schedules:
+                        row = bench_config(name, batch, precision, graphs, schedule, device, args)
+                        print(row, flush=True)
+                        rows.append(row)
     stem = args.out / f"traverse_{device.type}{'_' + args.tag if args.tag else ''}"
-    write_results(rows, machine_info(device), stem)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "peak_of")}
+    harness.write_result(stem, config=config, rows=rows, device=device)
     plot(rows, stem.with_suffix(".png"))
     print(f"wrote {stem}.json/.csv/.png")
 

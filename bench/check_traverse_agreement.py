@@ -5,25 +5,21 @@ fast path in each requested configuration, and reports per configuration: the la
 source-class-confidence differences from the reference, whether the accepted counts agree, and the mean
 L2/sqrt(D) to the target. Used on CPU for the README's tolerances and by bench/gpu_check.sh on a GPU.
 
-    python bench/check_traverse_agreement.py --iters 100
-    python bench/check_traverse_agreement.py --device cuda --iters 400 --configs fp32 fp32+graphs bf16+graphs
+    python -m bench.check_traverse_agreement --iters 100
+    python -m bench.check_traverse_agreement --device cuda --iters 400 --configs fp32 fp32+graphs bf16+graphs
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, timed  # noqa: E402
-
-import lst_fast  # noqa: E402
-from lst_fast import data, metrics, models, reference  # noqa: E402
-from lst_fast.demo import all_pairs  # noqa: E402
+import lst_fast
+from bench import harness
+from lst_fast import data, metrics, models, reference
+from lst_fast.demo import all_pairs
 
 
 def parse_config(text: str) -> dict:
@@ -48,10 +44,10 @@ def main() -> None:
 
     def run(traverse, **options):
         outcome = []
-        seconds = timed(lambda: outcome.append(traverse(
+        seconds = harness.seconds_per_call(lambda: outcome.append(traverse(
             model, srcs, tgts, normalizer=normalizer, iters=args.iters,
             generator=torch.Generator(device).manual_seed(0), **options,
-        )), device)
+        )), device)["wall"]
         return outcome[0], seconds
 
     ref, ref_seconds = run(reference.traverse_batch)
@@ -60,9 +56,9 @@ def main() -> None:
         result, seconds = run(lst_fast.traverse_batch, **parse_config(config))
         rows.append({"config": config, "seconds": round(seconds, 2), **summary(result, ref, tgts)})
         print(rows[-1], flush=True)
-    out = args.out / f"agreement_{device.type}_{args.iters}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_info(device), "iters": args.iters, "results": rows}, indent=2))
+    config = {"device": args.device, "iters": args.iters, "configs": args.configs}
+    out = harness.write_result(args.out / f"agreement_{device.type}_{args.iters}", config=config, rows=rows,
+                               device=device, with_csv=False)
     print(f"wrote {out}")
 
 

