@@ -18,7 +18,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(commands.choices)
 
 
-@pytest.mark.parametrize("name", ["demo", "sweep", "tables", "plot"])
+@pytest.mark.parametrize("name", ["demo", "sweep", "tables", "info", "plot"])
 def test_every_option_is_explained(name, capsys):
     sub = _subcommands()[name]
     for action in sub._actions:
@@ -70,6 +70,32 @@ def test_bad_input_fails_before_any_work(image_folder, tiny_checkpoint, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("lst-fast sweep: error:") and message in err
     assert not (out / "units").exists() and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_that_is_a_file_is_an_error(image_folder, tiny_checkpoint, tmp_path, capsys, where):
+    existing = tmp_path / "results.csv"
+    existing.write_text("a file the user wants to keep\n")
+    out = existing if where == "file" else existing / "sweep"
+    assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"lst-fast sweep: error: out must be a sweep folder (new or existing), but {str(existing)!r} is a " \
+                  "file; choose another --out\n"
+    assert existing.read_text() == "a file the user wants to keep\n"
+
+
+def test_lpips_note_is_short_and_said_once(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread, monkeypatch):
+    from lst_fast import metrics
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))  # no AlexNet weights here
+    assert not metrics.lpips_available()
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for out in folders:
+        assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--no-triangles")) == 0
+    assert capsys.readouterr().out.count("LPIPS") == 2  # one note per sweep run
+    assert cli.main(["tables", *map(str, folders)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "LPIPS" in line]
+    assert len(notes) == 1 and len(notes[0]) < 220 and "--lpips-weights PATH" in notes[0]
 
 
 def test_tables_of_something_else_is_an_error(tmp_path, capsys):
