@@ -9,11 +9,12 @@ timing): the same sweep on the offline model, on CPU, run three ways into fresh 
 The units of the last two were computed under the same conditions (1 thread, same device and versions), so
 they must be bit-identical whichever process computed which unit; the first ran on another thread count, so
 its convolutions sum in another order and it agrees with them only to float rounding, amplified by LST's
-iterations. Prints and writes Table 1/2 side by side and the largest difference per tensor of the units, with
-the provenance each run recorded, to ``bench/results/provenance_cpu.{csv,json}``.
+iterations. The three run at the same time (this compares numbers, not speed). Prints and writes Table 1/2
+side by side and the largest difference per tensor of the units, with the provenance each run recorded, to
+``bench/results/provenance_cpu.{csv,json}``.
 
-    python -m bench.bench_provenance                 # 4 photos x 2 rounds, the paper's 400 iterations (minutes)
-    python -m bench.bench_provenance --iters 10      # the issue's quick check
+    python -m bench.bench_provenance                 # 4 photos x 2 rounds, the paper's 400 iterations
+    python -m bench.bench_provenance --iters 10 --batch-size 2   # the issue's quick check
 """
 
 from __future__ import annotations
@@ -47,15 +48,19 @@ def sweep_options(args, out: Path) -> list[str]:
     ]
 
 
-def run(label: str, command: list[str], threads: int | None) -> None:
-    """Run one sweep; ``threads`` None leaves the thread count to torchrun."""
+def start(label: str, command: list[str], threads: int | None, log: Path) -> subprocess.Popen:
+    """Start one sweep, its output going to ``log``; ``threads`` None leaves the thread count to torchrun."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     print(f"{label}: {' '.join(command[1:])}", flush=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{label} failed:\n{done.stdout}\n{done.stderr}")
+    with open(log, "w") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(label: str, process: subprocess.Popen, log: Path) -> None:
+    if process.wait() != 0:
+        raise SystemExit(f"{label} failed:\n{log.read_text()}")
 
 
 def table_numbers(out: Path) -> dict[str, float]:
@@ -97,7 +102,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=400)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--threads", type=int, default=2, help="threads of the first single-process run")
     parser.add_argument("--name", default="provenance_cpu", help="results file name (without extension)")
@@ -109,9 +114,12 @@ def main() -> None:
                 "-m", "lst_fast.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         folders = {many: Path(tmp) / "threads", "1 process, 1 thread": Path(tmp) / "one", TORCHRUN: Path(tmp) / "tr"}
-        run(many, cli + sweep_options(args, folders[many]), args.threads)
-        run("1 process, 1 thread", cli + sweep_options(args, folders["1 process, 1 thread"]), 1)
-        run(TORCHRUN, torchrun + sweep_options(args, folders[TORCHRUN]), None)
+        commands = {many: (cli, args.threads), "1 process, 1 thread": (cli, 1), TORCHRUN: (torchrun, None)}
+        logs = {label: Path(tmp) / f"{folder.name}.log" for label, folder in folders.items()}
+        running = {label: start(label, command + sweep_options(args, folders[label]), threads, logs[label])
+                   for label, (command, threads) in commands.items()}
+        for label, process in running.items():
+            finish(label, process, logs[label])
         numbers = {label: table_numbers(out) for label, out in folders.items()}
         conditions = {label: {k: dict(c) for k, c in sweep_summary(out)[1].values.items()}
                       for label, out in folders.items()}

@@ -58,6 +58,7 @@ def _tiny_sweep_args(image_folder, tiny_checkpoint, out, *extra):
         (["--min-conf", "0.999"], "only 0 of 10 images are classified correctly with confidence > 0.999"),
         (["--num-samples", "2"], "num_samples must be >= 2 and > rounds"),
         (["--checkpoint", "/no/such.safetensors"], "checkpoint '/no/such.safetensors' does not exist"),
+        (["--lpips-weights", "/no/alexnet.pth"], "LPIPS AlexNet weights file '/no/alexnet.pth' does not exist"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )

@@ -135,7 +135,7 @@ def test_other_thread_counts_are_reported_refused_on_request_and_close(reference
         run_sweep(config, out, workers=0, progress=False)
     finally:
         torch.set_num_threads(before)
-    assert "other conditions than this process's (threads: " in capsys.readouterr().out  # warned when resuming
+    assert "unrecorded) conditions than this process's (threads: " in capsys.readouterr().out  # warned when resuming
     for name in REDONE:
         assert provenance_of(SweepStore(out).unit_path("traverse", name))["threads"] == 2
         got, want = (load_file(str(SweepStore(d).unit_path("traverse", name))) for d in (out, expected))

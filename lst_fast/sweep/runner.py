@@ -189,7 +189,7 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda
             schedule=getattr(config, "schedule", "paper"), process=placement.label,
         ),
     )
-    return sweep, manifest.get("note")
+    return sweep, note
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -296,11 +296,11 @@ def _pending(sweep: _Sweep, kind: str, units, count: PhaseCount) -> list:
             count.redone.append(unit.name)
         todo.append(unit)
     if other_conditions and todo:
+        listed = ", ".join(f"{k}: {n} units" for k, n in other_conditions.items())
         tqdm.write(
-            f"lst-fast sweep [{sweep.placement.label}]: finished {kind} units were computed under other conditions "
-            f"than this process's ({', '.join(f'{k}: {n} units' for k, n in other_conditions.items())}); the "
-            f"sweep's tables will agree with one uninterrupted run only to float rounding "
-            f"(`lst-fast info {sweep.store.root}` lists them)"
+            f"lst-fast sweep [{sweep.placement.label}]: finished {kind} units were computed under other (or "
+            f"unrecorded) conditions than this process's ({listed}); the sweep's tables may then agree with one "
+            f"uninterrupted run only to float rounding (`lst-fast info {sweep.store.root}` lists the conditions)"
         )
     return todo
 
