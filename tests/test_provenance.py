@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from test_sweep import ROUNDS, TRAVERSE_UNITS, TRIANGLE_UNITS, assert_same_sweep, reference_sweep, unit_files  # noqa: F401
+from test_sweep import TRAVERSE_UNITS, TRIANGLE_UNITS, assert_same_sweep, reference_sweep, unit_files  # noqa: F401
 
 import lst_fast
 from lst_fast import cli, ops, tables
@@ -81,7 +81,7 @@ def test_every_unit_records_what_computed_it(reference_sweep):
             assert record["device_name"] == cpu[0]
         assert record["process"] == "single process" and record["seconds"] > 0
     text = describe(out)
-    assert f"{len(files)} finished units, {len(files)} with provenance" in text
+    assert f"conditions of the {len(files)} finished units ({len(files)} with provenance" in text
     assert "threads: 1 (12 units)" in text and "bit-identical" in text
 
 

@@ -38,7 +38,6 @@ def describe(out_dir: str | Path) -> str:
         f"rounds, {config['iters']} iterations, seed {config['seed']} (config {manifest['config_id']})",
         "  started by: " + ", ".join(f"{k} {created[k]}" for k in ("lst_fast", "torch", "device") if k in created),
         "  finished units: " + ", ".join(f"{kind} {a}/{b}" for kind, (a, b) in progress.items()),
-        "  conditions of the finished units:",
     ]
     lines += [f"  {line}" for line in summary.describe()]
     if summary.units and not summary.problems():

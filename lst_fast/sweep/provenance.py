@@ -27,8 +27,9 @@ import lst_fast
 CONDITIONS = (
     "device", "device_name", "threads", "precision", "backend", "schedule", "torch", "timm", "lst_fast", "commit",
 )
-# Also recorded, for the reader only: which process, where, when, and how long it took.
-DETAILS = ("process", "host", "finished", "seconds")
+# Also recorded, for the reader only: which process and where (counted by ``lst-fast info``), and when the unit
+# finished and how long it took (``finished``, ``seconds``).
+DETAILS = ("process", "host")
 
 
 def environment(device: torch.device, *, precision: str, backend: str, schedule: str, process: str) -> dict:
@@ -120,6 +121,7 @@ class Summary:
     units: int = 0
     unknown: int = 0  # units without provenance (written by an older lst_fast)
     values: dict[str, Counter] = field(default_factory=dict)  # condition -> value -> how many units
+    details: dict[str, Counter] = field(default_factory=dict)  # process / host -> value -> how many units
     seconds: float = 0.0  # compute time of the units with provenance
 
     def add(self, provenance: dict | None) -> None:
@@ -129,6 +131,8 @@ class Summary:
             return
         for key, value in conditions(provenance).items():
             self.values.setdefault(key, Counter())[_text(value)] += 1
+        for key in DETAILS:
+            self.details.setdefault(key, Counter())[_text(provenance.get(key))] += 1
         self.seconds += float(provenance.get("seconds") or 0.0)
 
     def differing(self) -> dict[str, Counter]:
@@ -159,12 +163,10 @@ class Summary:
 
     def describe(self) -> list[str]:
         """Every condition with its values and unit counts (for ``lst-fast info``)."""
-        lines = [f"{self.units} finished units, {self.units - self.unknown} with provenance, "
-                 f"{self.seconds:.1f} s of compute recorded"]
-        for key in CONDITIONS:
-            if key in self.values:
-                counts = self.values[key]
-                lines.append(f"  {key}: " + ", ".join(f"{v} ({n} units)" for v, n in counts.most_common()))
+        lines = [f"conditions of the {self.units} finished units ({self.units - self.unknown} with provenance, "
+                 f"{self.seconds:.1f} s of compute recorded):"]
+        for key, counts in [(k, self.values[k]) for k in CONDITIONS if k in self.values] + list(self.details.items()):
+            lines.append(f"  {key}: " + ", ".join(f"{v} ({n} units)" for v, n in counts.most_common()))
         return lines + [f"  ! {line}" for line in self.problems()]
 
 
