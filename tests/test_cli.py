@@ -189,4 +189,4 @@ def test_lpips_column_with_local_alexnet_weights(image_folder, tiny_checkpoint, 
     assert "| LPIPS |" in capsys.readouterr().out
 
     assert cli.main(args) == 2  # the same sweep, now without the weights
-    assert "computes ['lpips'], which cannot run here" in capsys.readouterr().err
+    assert "computes LPIPS, whose AlexNet weights are not on this machine" in capsys.readouterr().err
