@@ -31,12 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-<<<<<<< HEAD
-from lst_fast import data, geometry, models, plots, tables
-=======
 from bench import harness
-from lst_fast import data, geometry, models, plots
->>>>>>> h13
+from lst_fast import data, geometry, models, plots, tables
 from lst_fast.fast import traverse_batch
 from lst_fast.tuning import is_convolutional
 
@@ -231,12 +227,7 @@ def main() -> None:
         rows += compare(f"triangles_{layout}", contenders, args.repeats)
     stats = geometry.triangle_stats(model, srcs, outs_a, outs_b, tri_labels, normalizer=normalizer)
     per_source = geometry.aggregate_triangles(stats, source_ids)
-<<<<<<< HEAD
-    report["table2_example"] = tables.mean_std_table({"EfficientNet-Lite0": per_source},
-                                                     columns=geometry.TABLE2_COLUMNS)
-=======
-    print(geometry.mean_std_table({"EfficientNet-Lite0": per_source}, columns=geometry.TABLE2_COLUMNS))
->>>>>>> h13
+    print(tables.mean_std_table({"EfficientNet-Lite0": per_source}, columns=geometry.TABLE2_COLUMNS))
 
     # Path widths at LST outputs, direction v_perp.
     count = min(args.samples, len(result.images))

@@ -8,15 +8,10 @@ speed-up over (a) the spec's chain in eager PyTorch with fresh tensors (lst_fast
 the same chain under torch.compile, and the fraction of the machine's copy bandwidth: a ``copy_`` of the
 same bytes into a preallocated buffer, timed in the same rounds.
 
-<<<<<<< HEAD
-Implementations are timed in interleaved rounds (median over rounds), so a machine shared with other work
-slows them all alike. The CUDA kernel is timed with both of its launch plans for long rows: ``cuda`` (bounded
-launches, the default) and ``cuda_l2`` (groups sized to half of L2; see csrc/lst_step.h). Writes
-``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
-=======
-Implementations are timed in interleaved rounds (bench/harness.py); ratios are medians of per-round ratios.
+The CUDA kernel is timed with both of its launch plans: ``cuda`` (bounded launches, the default) and ``cuda_l2``
+(groups sized to half of L2; see csrc/lst_step.h). Implementations are timed in interleaved rounds
+(bench/harness.py); ratios are medians of per-round ratios.
 Writes ``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
->>>>>>> h13
 
     python -m bench.bench_step                      # CPU, default batches
     python -m bench.bench_step --device cuda        # GPU (see bench/gpu_check.sh)
@@ -27,39 +22,22 @@ Writes ``step_<device>.csv``, ``.json`` and ``.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-<<<<<<< HEAD
-import csv
-import functools
-import json
-import os
-import platform
-import statistics
-import time
-=======
->>>>>>> h13
 from pathlib import Path
 
 import torch
 
 from bench import harness
 from lst_fast import ops
-<<<<<<< HEAD
 from lst_fast.kernels import cuda_step
-=======
 from lst_fast.testing import ADV_STEP_SIZE, eager_step, make_inputs
->>>>>>> h13
 
 SHAPES = {"cifar": (3, 32, 32), "imagenet": (3, 224, 224), "large": (3, 512, 512)}
 DEFAULT_BATCHES = {
     "cpu": {"cifar": [64, 512], "imagenet": [1, 16, 64], "large": []},
     "cuda": {"cifar": [64, 1024, 8192], "imagenet": [1, 64, 256], "large": [1024]},
 }
-<<<<<<< HEAD
 CUDA_PLANS = {"cuda": "bounded", "cuda_l2": "l2_groups"}  # impl name -> lst_fast.kernels.cuda_step plan
-STEP_SIZE, ADV_STEP_SIZE = 1e-2, 2e-3
-=======
 STEP_SIZE = 1e-2  # the paper's step size
->>>>>>> h13
 TENSORS_MOVED = 6  # read x, grad, tgt, delta; write candidate, delta
 COPY = "copy/in_place"  # the bandwidth every implementation is compared with
 
@@ -72,7 +50,8 @@ def step_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
 def implementations(backends: list[str], compiled: bool = True) -> list[str]:
     """Names ``impl/placement`` of everything timed for one configuration."""
     names = ["eager/out_of_place"] + (["compiled/out_of_place"] if compiled else [])
-    names += [f"{b}/{placement}" for b in backends for placement in ("in_place", "out_of_place")]
+    impls = [i for b in backends for i in (CUDA_PLANS if b == "cuda" else [b])]  # both CUDA launch plans
+    names += [f"{i}/{placement}" for i in impls for placement in ("in_place", "out_of_place")]
     return names + ["copy/in_place", "copy/out_of_place"]
 
 
@@ -88,11 +67,31 @@ def step_fn(name: str, inputs: list[torch.Tensor], compiled_chain=None):
         return lambda: eager_step(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE)
     if impl == "compiled":
         return lambda: compiled_chain(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE)
+    backend = "cuda" if impl in CUDA_PLANS else impl
     if placement == "in_place":
         out = torch.empty_like(x)
-        return lambda: ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE,
-                                     backend=impl)
-    return lambda: ops.lst_step(x, grad, tgt, delta, step_size=STEP_SIZE, adv_step_size=ADV_STEP_SIZE, backend=impl)
+        step = lambda: ops.lst_step_(x, grad, tgt, delta, out, step_size=STEP_SIZE,  # noqa: E731
+                                     adv_step_size=ADV_STEP_SIZE, backend=backend)
+    else:
+        step = lambda: ops.lst_step(x, grad, tgt, delta, step_size=STEP_SIZE,  # noqa: E731
+                                    adv_step_size=ADV_STEP_SIZE, backend=backend)
+    return with_cuda_plan(CUDA_PLANS[impl], step) if impl in CUDA_PLANS else step
+
+
+def with_cuda_plan(plan: str, step):
+    def run():
+        cuda_step.set_plan(plan)  # a module global, read at the launch
+        return step()
+
+    return run
+
+
+def fits(batch: int, shape, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a step's inputs, outputs and the eager chain's temporaries (~12 batches) fit in half of the free
+    memory of a GPU (e.g. the large shape on a 24 GB card). CPUs are not checked."""
+    if device.type != "cuda":
+        return True
+    return 12 * batch * torch.Size(shape).numel() * dtype.itemsize < torch.cuda.mem_get_info(device)[0] / 2
 
 
 def compile_chain():
@@ -127,60 +126,7 @@ def compare(inputs, names: list[str], device, *, compiled_chain=None, rounds=9, 
     return found
 
 
-<<<<<<< HEAD
-def copy_bandwidth(nbytes: int, device: torch.device, rounds: int, round_seconds: float) -> float:
-    """Bytes read plus written per second by ``dst.copy_(src)`` into a preallocated buffer."""
-    src = torch.rand(nbytes // 2 // 4, device=device)
-    dst = torch.empty_like(src)
-    samples = interleaved_rounds({"copy": lambda: dst.copy_(src)}, device, rounds, round_seconds)["copy"]
-    return 2 * src.numel() * 4 / statistics.median(samples)
-
-
-def with_cuda_plan(plan: str, step):
-    def run():
-        cuda_step.set_plan(plan)  # a module global, read at the launch
-        step()
-
-    return run
-
-
-def bench_config(name, batch, device, dtype, memory_format, backends, compiled_chain, args):
-    x, grad, tgt, delta = make_inputs(batch, SHAPES[name], device, dtype, memory_format)
-    out = torch.empty_like(x)
-    fns = {
-        "eager": lambda: eager_chain(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE),
-        "compiled": lambda: compiled_chain(x, grad, tgt, delta, STEP_SIZE, ADV_STEP_SIZE),
-    }
-    for backend in backends:
-        step = functools.partial(ops.lst_step_, x, grad, tgt, delta, out, step_size=STEP_SIZE,
-                                 adv_step_size=ADV_STEP_SIZE, backend=backend)
-        if backend == "cuda":
-            fns.update({impl: with_cuda_plan(plan, step) for impl, plan in CUDA_PLANS.items()})
-        else:
-            fns[backend] = step
-    samples = interleaved_rounds(fns, device, args.rounds, args.round_seconds)
-    seconds = {impl: statistics.median(s) for impl, s in samples.items()}
-    nbytes = TENSORS_MOVED * x.numel() * x.element_size()
-    return [
-        dict(shape=name, batch=batch, impl=impl, ms=s * 1e3, ms_min=min(samples[impl]) * 1e3,
-             gbps=nbytes / s / 1e9, vs_eager=seconds["eager"] / s, vs_compiled=seconds["compiled"] / s)
-        for impl, s in seconds.items()
-    ]
-
-
-def fits(batch: int, shape, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether a step's inputs, outputs and the eager chain's temporaries (~12 batches) fit in half of the free
-    memory of a GPU (e.g. the large shape on a 24 GB card). CPUs are not checked."""
-    if device.type != "cuda":
-        return True
-    return 12 * batch * torch.Size(shape).numel() * dtype.itemsize < torch.cuda.mem_get_info(device)[0] / 2
-
-
-def run(args) -> dict:
-    global clock
-=======
 def run(args) -> list[dict]:
->>>>>>> h13
     device = torch.device(args.device)
     if args.clock == "thread":
         if device.type != "cpu":
@@ -191,50 +137,11 @@ def run(args) -> list[dict]:
     batches = {name: args.batches for name in SHAPES} if args.batches else DEFAULT_BATCHES[device.type]
     compiled_chain = compile_chain()
     rows = []
-<<<<<<< HEAD
-    for name in SHAPES:
-        for batch in batches[name]:
-            if not fits(batch, SHAPES[name], dtype, device):
-                print(f"skipped {name} batch {batch}: the eager chain's tensors would not fit in device memory")
-                continue
-            found = bench_config(name, batch, device, dtype, memory_format, backends, compiled_chain, args)
-            rows += found
-            print(" ".join(f"{r['impl']}={r['ms']:.3f}ms" for r in found), f"[{name} batch {batch}]", flush=True)
-    largest = max(r["batch"] * torch.Size(SHAPES[r["shape"]]).numel() for r in rows)
-    copy_gbps = copy_bandwidth(TENSORS_MOVED * largest * dtype.itemsize, device, args.rounds,
-                               args.round_seconds) / 1e9
-    for r in rows:
-        r["copy_fraction"] = r["gbps"] / copy_gbps
-    return dict(
-        device=str(device), device_name=device_name(device), dtype=args.dtype, load_average=os.getloadavg(),
-        memory_format="channels_last" if args.channels_last else "contiguous",
-        threads=torch.get_num_threads(), clock=args.clock, torch=torch.__version__, python=platform.python_version(),
-        copy_gbps=copy_gbps, tensors_moved=TENSORS_MOVED, rounds=args.rounds, results=rows,
-    )
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    return models[0] if models else platform.processor() or platform.machine()
-
-
-def write_results(report: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "_thread_time" if report["clock"] == "thread" else ""
-    stem = out / f"step_{report['device'].split(':')[0]}{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    with stem.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(report["results"][0]))
-        writer.writeheader()
-        writer.writerows(report["results"])
-    return stem
-=======
     for shape in SHAPES:
         for batch in batches[shape]:
+            if not fits(batch, SHAPES[shape], dtype, device):
+                print(f"skipped {shape} batch {batch}: the eager chain's tensors would not fit in device memory")
+                continue
             inputs = config_inputs(shape, batch, device, dtype, args.channels_last)
             found = compare(inputs, names, device, compiled_chain=compiled_chain, rounds=args.rounds,
                             round_seconds=args.round_seconds, clock=args.clock)
@@ -244,7 +151,6 @@ def write_results(report: dict, out: Path) -> Path:
                              "bytes_moved": bytes_moved(inputs[0]), **values})
             print(" ".join(f"{n}={v['ms']:.3f}ms" for n, v in found.items()), f"[{shape} batch {batch}]", flush=True)
     return rows
->>>>>>> h13
 
 
 def plot(report: dict, path: Path) -> None:
@@ -255,8 +161,9 @@ def plot(report: dict, path: Path) -> None:
 
     rows = [r for r in report["rows"] if r["placement"] == "in_place" or r["impl"] in ("eager", "compiled")]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    fig, axes = plt.subplots(1, len(SHAPES), figsize=(6 * len(SHAPES), 4), squeeze=False)
-    for ax, name in zip(axes[0], SHAPES):
+    shapes = [name for name in SHAPES if any(r["shape"] == name for r in rows)]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
+    for ax, name in zip(axes[0], shapes):
         batches = sorted({r["batch"] for r in rows if r["shape"] == name})
         width = 0.8 / len(impls)
         for i, impl in enumerate(impls):

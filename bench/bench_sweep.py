@@ -29,21 +29,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-<<<<<<< HEAD
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, sync, write_results  # noqa: E402
-
-from lst_fast import data, geometry, metrics, models, reference, tables  # noqa: E402
-from lst_fast.sweep import SweepConfig, run_sweep  # noqa: E402
-from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator  # noqa: E402
-from lst_fast.classifier import class_conf  # noqa: E402
-=======
 from bench import harness
 from lst_fast import data, geometry, metrics, models, reference, tables
 from lst_fast.sweep import SweepConfig, run_sweep
 from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator
-from lst_fast.traversal import class_conf
->>>>>>> h13
+from lst_fast.classifier import class_conf
 
 
 def original_style(config: SweepConfig, model, normalizer, device) -> dict:

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_sweep(commands)
     _add_tables(commands)
+    _add_info(commands)
     _add_plot(commands)
     return parser
 
@@ -180,6 +181,21 @@ def _add_tables(commands) -> None:
     tables.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
     tables.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
     tables.add_argument("--table", choices=("1", "2", "all"), default="all", help="which table(s)")
+    tables.add_argument("--same-conditions", action="store_true",
+                        help="refuse a sweep whose units were computed under different (or unrecorded) conditions "
+                        "(threads, device, versions, ...): only then are its tables bit-identical to one "
+                        "uninterrupted run's; without it such sweeps are tabulated with a note")
+
+
+def _add_info(commands) -> None:
+    info = commands.add_parser(
+        "info",
+        help="a sweep folder's configuration, progress and the conditions its units were computed under",
+        description="Prints each sweep's configuration, how many units are finished, and the conditions they "
+        "were computed under (device and its model, threads, precision, backend, schedule, versions, commit) with "
+        "how many units each, and says whether they differ.",
+    )
+    info.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
 
 
 def _demo(args) -> int:
@@ -247,7 +263,14 @@ def _sweep(args) -> int:
 def _tables(args) -> int:
     from lst_fast.tables import render
 
-    print(render(args.dirs, args.format, args.table), end="")
+    print(render(args.dirs, args.format, args.table, same_conditions=args.same_conditions), end="")
+    return 0
+
+
+def _info(args) -> int:
+    from lst_fast.sweep.info import describe
+
+    print("\n".join(describe(d) for d in args.dirs), end="")
     return 0
 
 
@@ -265,7 +288,7 @@ def _plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "sweep": _sweep, "tables": _tables, "plot": _plot}
+    handlers = {"demo": _demo, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as err:

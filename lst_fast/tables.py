@@ -15,8 +15,9 @@ from typing import Sequence
 
 import torch
 
-from lst_fast.sweep.evaluation import TRIANGLE_TABLE_KEYS
+from lst_fast.sweep.evaluation import LPIPS_LEFT_OUT, TRIANGLE_TABLE_KEYS
 from lst_fast.sweep.plan import make_plan
+from lst_fast.sweep.provenance import Summary
 from lst_fast.sweep.store import CorruptUnit, SweepStore
 
 FORMATS = ("markdown", "latex", "csv")
@@ -36,13 +37,13 @@ class SweepResults:
 
     out_dir: Path
     config: dict
-    note: str | None
     pairs: dict[str, torch.Tensor]  # per pair of the finished traversal units: valid, final_conf, dist_*
     sources: dict[str, torch.Tensor]  # per source of the finished triangle units: source, p_src, ...
     total_pairs: int
     total_sources: int
     units: dict[str, tuple[int, int]]  # (finished, total) per kind
     corrupt: list[str]
+    provenance: Summary  # under which conditions the finished units were computed
 
     @property
     def label(self) -> str:
@@ -59,32 +60,44 @@ class SweepResults:
         return [self.config["model"], self.config["data"], self.schedule]
 
 
-def load_results(out_dir: str | Path) -> SweepResults:
-    """Read every finished unit of a sweep folder (corrupt ones are listed and left out)."""
+def load_results(out_dir: str | Path, *, same_conditions: bool = False) -> SweepResults:
+    """Read every finished unit of a sweep folder (corrupt ones are listed and left out).
+
+    With ``same_conditions``, a sweep whose units were not all computed under the same recorded conditions
+    (see :mod:`lst_fast.sweep.provenance`) is refused with a ValueError: only then are its tables bit-identical
+    to those of one uninterrupted run.
+    """
     store = SweepStore(out_dir)
     manifest, selection = store.read_existing()
     config = manifest["config"]
     plan = make_plan(len(selection["indices"]), config["rounds"], config["batch_size"], config["seed"])
     corrupt: list[str] = []
-    pair_units = _read_all(store, "traverse", plan.traverse, manifest["config_id"], corrupt)
+    summary = Summary()
+    pair_units = _read_all(store, "traverse", plan.traverse, manifest["config_id"], corrupt, summary)
     pair_keys = ["valid", "final_conf"] + [f"dist_{d}" for d in config["distances"]]
     pairs = {k: _cat([u[k] for u in pair_units], torch.bool if k == "valid" else torch.float32) for k in pair_keys}
     units = {"traverse": (len(pair_units), len(plan.traverse))}
     sources: dict[str, torch.Tensor] = {}
     if config["triangles"]:
-        triangle_units = _read_all(store, "triangles", plan.triangles, manifest["config_id"], corrupt)
+        triangle_units = _read_all(store, "triangles", plan.triangles, manifest["config_id"], corrupt, summary)
         sources = {
             k: _cat([u[f"src_{k}"] for u in triangle_units], torch.long if k == "source" else torch.float32)
             for k in ("source",) + TRIANGLE_TABLE_KEYS
         }
         units["triangles"] = (len(triangle_units), len(plan.triangles))
+    if same_conditions and summary.problems():
+        raise ValueError(
+            f"{out_dir}: {'; '.join(summary.problems())}. Its tables would not be bit-identical to one uninterrupted "
+            "run; recompute the differing units under one set of conditions, or leave out the same-conditions check"
+        )
     return SweepResults(
-        out_dir=Path(out_dir), config=config, note=manifest.get("note"), pairs=pairs, sources=sources,
+        out_dir=Path(out_dir), config=config, pairs=pairs, sources=sources,
         total_pairs=plan.pairs, total_sources=len(selection["indices"]), units=units, corrupt=corrupt,
+        provenance=summary,
     )
 
 
-def _read_all(store, kind, units, config_id, corrupt) -> list[dict[str, torch.Tensor]]:
+def _read_all(store, kind, units, config_id, corrupt, summary: Summary) -> list[dict[str, torch.Tensor]]:
     found = []
     for unit in units:
         try:
@@ -94,6 +107,7 @@ def _read_all(store, kind, units, config_id, corrupt) -> list[dict[str, torch.Te
             continue
         if tensors is not None:
             found.append(tensors)
+            summary.add(store.read_provenance(kind, unit.name))
     return found
 
 
@@ -176,10 +190,10 @@ def distance_table(results: list[SweepResults]) -> Table:
             f"finished" + (f"; {invalid} pair(s) left out because the model no longer predicted the source label"
                            if invalid else "") + ")"
         )
-        if r.note:
-            table.notes.append(f"{r.label}: {r.note}")
         if r.corrupt:
             table.notes.append(f"{r.label}: corrupt unit files left out: {', '.join(r.corrupt)}")
+    if any("lpips" not in r.config["distances"] for r in results):
+        table.notes.append(LPIPS_LEFT_OUT)  # said once, whatever the number of sweeps without it
     return table
 
 
@@ -255,14 +269,25 @@ def _csv(table: Table) -> str:
     return buffer.getvalue()
 
 
-def render(out_dirs: list[str | Path], fmt: str = "markdown", which: str = "all") -> str:
-    """Table 1, Table 2 or both (``which`` = "1", "2", "all") for one or more sweep folders, one row each."""
+def render(
+    out_dirs: list[str | Path], fmt: str = "markdown", which: str = "all", *, same_conditions: bool = False
+) -> str:
+    """Table 1, Table 2 or both (``which`` = "1", "2", "all") for one or more sweep folders, one row each.
+
+    Notes say when a sweep's units were computed under different conditions; ``same_conditions`` refuses such
+    sweeps instead (see :func:`load_results`)."""
     if which not in ("1", "2", "all"):
         raise ValueError(f"which must be '1', '2' or 'all', got {which!r}")
-    results = [load_results(d) for d in out_dirs]
+    results = [load_results(d, same_conditions=same_conditions) for d in out_dirs]
     tables = []
     if which in ("1", "all"):
         tables.append(distance_table(results))
     if which == "2" or (which == "all" and any(r.config["triangles"] for r in results)):
         tables.append(triangle_table(results))
+    tables[-1].notes += provenance_notes(results)
     return "\n".join(format_table(t, fmt) for t in tables)
+
+
+def provenance_notes(results: list[SweepResults]) -> list[str]:
+    """Why a sweep's tables may not be bit-identical to one uninterrupted run's (nothing when they are)."""
+    return [f"{r.label}: {line}" for r in results for line in r.provenance.problems()]

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from lst_fast import data, models
+from lst_fast.sweep import run_sweep
+
+from helpers import sweep_config
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +61,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def reference_sweep(image_folder, tiny_checkpoint, tmp_path_factory):
+    """One uninterrupted, single-process, single-threaded run of the test sweep: (config, folder, report)."""
+    config = sweep_config(image_folder, tiny_checkpoint)
+    out = tmp_path_factory.mktemp("reference_sweep")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_sweep(config, out, workers=1, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return config, out, report

@@ -1,10 +1,14 @@
 """Helpers shared by several test modules (plain functions; fixtures live in conftest.py): a tiny CNN, test
 images, and running the reference and fast loops side by side."""
 
+import os
+
 import torch
+from safetensors.torch import load_file
 
 import lst_fast
-from lst_fast import reference
+from lst_fast import reference, tables
+from lst_fast.sweep import SweepConfig
 
 
 def tiny_cnn(num_classes: int = 5, scale: float = 1.0, seed: int = 0) -> torch.nn.Module:
@@ -59,3 +63,51 @@ def assert_same_result(ref, fast, atol=1e-9):
     torch.testing.assert_close(fast.images, ref.images, atol=atol, rtol=0)
     torch.testing.assert_close(fast.init_conf, ref.init_conf, atol=atol, rtol=0)
     torch.testing.assert_close(fast.final_conf, ref.final_conf, atol=atol, rtol=0)
+
+
+# --- sweeps (tests/test_sweep.py, tests/test_provenance.py) ---------------------------------------------------
+
+N, ROUNDS, BATCH, ITERS = 8, 3, 3, 12
+TRIANGLE_UNITS = 3  # batches of sources: (0, 1, 2), (3, 4, 5), (6, 7)
+TRAVERSE_UNITS = ROUNDS * TRIANGLE_UNITS
+
+
+def sweep_config(image_folder, tiny_checkpoint, **overrides) -> SweepConfig:
+    path, arch, classes = tiny_checkpoint
+    settings = dict(
+        model=arch, checkpoint=str(path), num_classes=classes, data=f"folder:{image_folder}", image_size=32,
+        num_samples=N, rounds=ROUNDS, batch_size=BATCH, eval_batch_size=50, iters=ITERS, min_conf=0.0, seed=7,
+    )
+    return SweepConfig(**(settings | overrides))
+
+
+def cli_args(config: SweepConfig, out) -> list[str]:
+    """The ``lst-fast sweep`` options of ``config``."""
+    return [
+        "sweep", "--model", config.model, "--checkpoint", config.checkpoint, "--num-classes", str(config.num_classes),
+        "--data", config.data, "--image-size", str(config.image_size), "--num-samples", str(config.num_samples),
+        "--rounds", str(config.rounds), "--batch-size", str(config.batch_size), "--iters", str(config.iters),
+        "--eval-batch-size", str(config.eval_batch_size),
+        "--min-conf", str(config.min_conf), "--seed", str(config.seed), "--out", str(out), "--no-progress",
+        "--workers", "1", "--schedule", config.schedule, "--step-size", repr(config.step_size),
+    ] + ([] if config.triangles else ["--no-triangles"])
+
+
+def single_threaded_env() -> dict:
+    return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def unit_files(out) -> dict[str, object]:
+    return {str(p.relative_to(out)): p for p in sorted((out / "units").rglob("*.safetensors"))}
+
+
+def assert_same_sweep(out, expected):
+    """Same unit files with bit-identical tensors, and the same tables."""
+    got, want = unit_files(out), unit_files(expected)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        a, b = load_file(str(got[name])), load_file(str(want[name]))
+        assert sorted(a) == sorted(b), name
+        for key in b:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
+    assert tables.render([out], "csv") == tables.render([expected], "csv")

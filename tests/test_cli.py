@@ -18,7 +18,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(commands.choices)
 
 
-@pytest.mark.parametrize("name", ["demo", "sweep", "tables", "plot"])
+@pytest.mark.parametrize("name", ["demo", "sweep", "tables", "info", "plot"])
 def test_every_option_is_explained(name, capsys):
     sub = _subcommands()[name]
     for action in sub._actions:
@@ -58,6 +58,7 @@ def _tiny_sweep_args(image_folder, tiny_checkpoint, out, *extra):
         (["--min-conf", "0.999"], "only 0 of 10 images are classified correctly with confidence > 0.999"),
         (["--num-samples", "2"], "num_samples must be >= 2 and > rounds"),
         (["--checkpoint", "/no/such.safetensors"], "checkpoint '/no/such.safetensors' does not exist"),
+        (["--lpips-weights", "/no/alexnet.pth"], "LPIPS AlexNet weights file '/no/alexnet.pth' does not exist"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -70,6 +71,32 @@ def test_bad_input_fails_before_any_work(image_folder, tiny_checkpoint, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("lst-fast sweep: error:") and message in err
     assert not (out / "units").exists() and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_that_is_a_file_is_an_error(image_folder, tiny_checkpoint, tmp_path, capsys, where):
+    existing = tmp_path / "results.csv"
+    existing.write_text("a file the user wants to keep\n")
+    out = existing if where == "file" else existing / "sweep"
+    assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out)) == 2
+    err = capsys.readouterr().err
+    assert err == f"lst-fast sweep: error: out must be a sweep folder (new or existing), but {str(existing)!r} is a " \
+                  "file; choose another --out\n"
+    assert existing.read_text() == "a file the user wants to keep\n"
+
+
+def test_lpips_note_is_short_and_said_once(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread, monkeypatch):
+    from lst_fast import metrics
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))  # no AlexNet weights here
+    assert not metrics.lpips_available()
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for out in folders:
+        assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--no-triangles")) == 0
+    assert capsys.readouterr().out.count("LPIPS") == 2  # one note per sweep run
+    assert cli.main(["tables", *map(str, folders)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "LPIPS" in line]
+    assert len(notes) == 1 and len(notes[0]) < 220 and "--lpips-weights PATH" in notes[0]
 
 
 def test_tables_of_something_else_is_an_error(tmp_path, capsys):
@@ -162,4 +189,4 @@ def test_lpips_column_with_local_alexnet_weights(image_folder, tiny_checkpoint, 
     assert "| LPIPS |" in capsys.readouterr().out
 
     assert cli.main(args) == 2  # the same sweep, now without the weights
-    assert "computes ['lpips'], which cannot run here" in capsys.readouterr().err
+    assert "computes LPIPS, whose AlexNet weights are not on this machine" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import lst_fast
 from lst_fast import graphs, reference, traversal, tuning
 from lst_fast.classifier import input_grad_loss, model_guard
 from lst_fast.settings import check_settings
-from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both, tiny_cnn
+from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 
 def run_static_body(model, srcs, tgts, labels, seed, **kwargs):

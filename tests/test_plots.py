@@ -75,3 +75,23 @@ def test_interpolation_plot(tmp_path):
     assert read_png(path).std() > 0.05
     with pytest.raises(ValueError, match="at least 2 points"):
         plots.interpolation_plot(torch.rand(3, 1), tmp_path / "bad.png")
+
+
+def test_sweep_figures_name_images_and_classes(image_folder):
+    """Figure titles and legends use file / photo names and class names where the data and model have them."""
+    from types import SimpleNamespace
+
+    from lst_fast import data
+    from lst_fast.sweep.figures import class_namer, image_name
+
+    photos = data.open_dataset("embedded")
+    assert image_name(photos, 1, 0) == "coffee"  # data.EMBEDDED_PHOTOS[1]
+    files = data.open_dataset(f"folder:{image_folder}")
+    assert image_name(files, 3, 0) == "img_03.png"  # files in name order
+    assert image_name(SimpleNamespace(), 7, 2) == "image 2"  # no names (e.g. CIFAR-10): the sweep's position
+
+    imagenet = class_namer(photos, 1000)
+    assert [imagenet(c) for c in (109, 282, 967)] == ["brain coral", "tiger cat", "espresso"]
+    cifar_like = SimpleNamespace(classes=["airplane", "automobile", "bird"])
+    assert class_namer(cifar_like, 3)(2) == "bird"
+    assert class_namer(files, 10)(3) == "class 3"  # a 10-class model on unlabelled files: no names known

@@ -25,65 +25,10 @@ from lst_fast.sweep.placement import Placement, parse_shard, resolve_placement
 from lst_fast.sweep.plan import derangements, make_plan, unit_generator
 from lst_fast.sweep.store import SweepStore
 
-N, ROUNDS, BATCH, ITERS = 8, 3, 3, 12
-TRIANGLE_UNITS = 3  # batches of sources: (0, 1, 2), (3, 4, 5), (6, 7)
-TRAVERSE_UNITS = ROUNDS * TRIANGLE_UNITS
-
-
-def sweep_config(image_folder, tiny_checkpoint, **overrides) -> SweepConfig:
-    path, arch, classes = tiny_checkpoint
-    settings = dict(
-        model=arch, checkpoint=str(path), num_classes=classes, data=f"folder:{image_folder}", image_size=32,
-        num_samples=N, rounds=ROUNDS, batch_size=BATCH, eval_batch_size=50, iters=ITERS, min_conf=0.0, seed=7,
-    )
-    return SweepConfig(**(settings | overrides))
-
-
-def cli_args(config: SweepConfig, out) -> list[str]:
-    """The ``lst-fast sweep`` options of ``config``."""
-    return [
-        "sweep", "--model", config.model, "--checkpoint", config.checkpoint, "--num-classes", str(config.num_classes),
-        "--data", config.data, "--image-size", str(config.image_size), "--num-samples", str(config.num_samples),
-        "--rounds", str(config.rounds), "--batch-size", str(config.batch_size), "--iters", str(config.iters),
-        "--eval-batch-size", str(config.eval_batch_size),
-        "--min-conf", str(config.min_conf), "--seed", str(config.seed), "--out", str(out), "--no-progress",
-        "--workers", "1", "--schedule", config.schedule, "--step-size", repr(config.step_size),
-    ] + ([] if config.triangles else ["--no-triangles"])
-
-
-def single_threaded_env() -> dict:
-    return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def unit_files(out) -> dict[str, object]:
-    return {str(p.relative_to(out)): p for p in sorted((out / "units").rglob("*.safetensors"))}
-
-
-def assert_same_sweep(out, expected):
-    """Same unit files with bit-identical tensors, and the same tables."""
-    got, want = unit_files(out), unit_files(expected)
-    assert sorted(got) == sorted(want)
-    for name in want:
-        a, b = load_file(str(got[name])), load_file(str(want[name]))
-        assert sorted(a) == sorted(b), name
-        for key in b:
-            assert torch.equal(a[key], b[key]), f"{name}: {key} differs"
-    assert tables.render([out], "csv") == tables.render([expected], "csv")
-
-
-@pytest.fixture(scope="module")
-def reference_sweep(image_folder, tiny_checkpoint, tmp_path_factory):
-    """One uninterrupted, single-process, single-threaded run of the test sweep: (config, folder, report)."""
-    config = sweep_config(image_folder, tiny_checkpoint)
-    out = tmp_path_factory.mktemp("reference_sweep")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        report = run_sweep(config, out, workers=1, progress=False)
-    finally:
-        torch.set_num_threads(before)
-    return config, out, report
-
+from helpers import (
+    BATCH, ITERS, N, ROUNDS, TRAVERSE_UNITS, TRIANGLE_UNITS, assert_same_sweep, cli_args, single_threaded_env,
+    sweep_config, unit_files,
+)
 
 # --- the plan ----------------------------------------------------------------------------------------------
 

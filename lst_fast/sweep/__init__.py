@@ -4,8 +4,9 @@
 turns a sweep folder into the paper's Tables 1 and 2. Modules: :mod:`~lst_fast.sweep.config` (settings and
 their identity), :mod:`~lst_fast.sweep.plan` (pairs, units, seeds), :mod:`~lst_fast.sweep.placement` (which
 process does what, on which device), :mod:`~lst_fast.sweep.selection` (which images),
-:mod:`~lst_fast.sweep.store` (the folder and its atomic unit files), :mod:`~lst_fast.sweep.evaluation`
-(distances and triangle statistics), :mod:`~lst_fast.sweep.runner` (the phases).
+:mod:`~lst_fast.sweep.store` (the folder and its atomic unit files), :mod:`~lst_fast.sweep.provenance` (what
+computed each unit), :mod:`~lst_fast.sweep.evaluation` (distances and triangle statistics),
+:mod:`~lst_fast.sweep.runner` (the phases), :mod:`~lst_fast.sweep.info` (``lst-fast info``).
 """
 
 from lst_fast.sweep.config import SweepConfig

@@ -14,13 +14,20 @@ TRIANGLE_TABLE_KEYS = TABLE2_COLUMNS
 TRIANGLE_KEYS = (*TABLE2_COLUMNS, "edge_min")
 
 
+LPIPS_LEFT_OUT = (
+    f"LPIPS left out (no AlexNet weights where the sweep started); to include it, start a new sweep with "
+    f"--lpips-weights PATH, PATH a local copy of {metrics.ALEXNET_URL}"
+)
+
+
 def choose_distances(lpips_weights=None) -> tuple[tuple[str, ...], str | None]:
-    """The distances a new sweep computes: all four, or without LPIPS when its AlexNet weights are not on this
-    machine (``lpips_weights`` or the torch hub cache), with a note saying why."""
-    try:
-        metrics.alexnet_weights_path(lpips_weights)
-    except metrics.LPIPSWeightsMissing as err:
-        return DISTANCES[:3], f"LPIPS left out: {err}"
+    """The distances a new sweep computes: all four, or without LPIPS (and a note saying so) when its AlexNet
+    weights are not in the torch hub cache. Weights given as ``lpips_weights`` must exist."""
+    if lpips_weights is not None:
+        metrics.alexnet_weights_path(lpips_weights)  # raises LPIPSWeightsMissing naming the file
+        return DISTANCES, None
+    if not metrics.lpips_available():
+        return DISTANCES[:3], LPIPS_LEFT_OUT
     return DISTANCES, None
 
 

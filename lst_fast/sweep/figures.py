@@ -10,16 +10,18 @@
   Widths are not stored by a sweep (each recorded point costs ``width_vecs`` x 4 model evaluations), so the
   first LST unit is run again with the same settings and seed, recording them.
 
-The model and data are loaded again from the manifest's configuration.
+The model and data are loaded again from the manifest's configuration. Images are named by their file (or
+bundled photo) name and classes by their ImageNet-1k or CIFAR-10 name where known.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from lst_fast import data, geometry, plots
+from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
 from lst_fast.sweep.config import config_from_manifest
 from lst_fast.sweep.placement import resolve_device, resolve_placement
@@ -62,10 +64,13 @@ def plot_sweep(
     def images(positions) -> torch.Tensor:
         return torch.stack([dataset[selection["indices"][p]][0] for p in positions]).to(device)
 
+    def name(position: int) -> str:
+        return image_name(dataset, selection["indices"][position], position)
+
     first = finished[0]
     saved = unit_tensors(first)
     k = min(pairs, len(first.sources))
-    names = [f"image {s} -> image {t}" for s, t in zip(first.sources[:k], first.targets[:k])]
+    names = [f"{name(s)} -> {name(t)}" for s, t in zip(first.sources[:k], first.targets[:k])]
     labels = saved["labels"][:k].to(device)
     written = []
     if "path_conf" in saved:
@@ -78,13 +83,40 @@ def plot_sweep(
         batch_size=config.eval_batch_size,
     )
     written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
-    written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device)
+    with torch.no_grad():
+        classes = class_namer(dataset, model(normalizer(images(first.sources[:1]))).shape[1])
+    written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device, name, classes)
     if path_widths and config.schedule == "paper":  # the adaptive schedule records no path
-        written += _path_widths(config, first, saved, images, model, normalizer, k, width_vecs, figures, device)
+        written += _path_widths(
+            config, first, saved, images, model, normalizer, k, width_vecs, figures, device, names,
+        )
     return written
 
 
-def _triangles(config, plan, unit_tensors, images, model, normalizer, count, figures, device) -> list[Path]:
+def image_name(dataset, index: int, position: int) -> str:
+    """The name of data set image ``index`` (the sweep's image ``position``): its file or bundled photo name
+    where the data set has one, else ``image POSITION``."""
+    if isinstance(dataset, data.EmbeddedPhotos):
+        return dataset.names[index]
+    if isinstance(dataset, data.ImageFiles):
+        return Path(dataset.files[index]).name
+    return f"image {position}"
+
+
+def class_namer(dataset, num_classes: int) -> Callable[[int], str]:
+    """Class index -> name: the data set's own class names (CIFAR-10) when the model has as many classes, the
+    ImageNet-1k names for a 1000-class model, else ``class N``."""
+    own = getattr(dataset, "classes", None)
+    if own is not None and len(own) == num_classes:
+        return lambda c: own[c]
+    if num_classes == 1000:
+        return models.class_name
+    return lambda c: f"class {c}"
+
+
+def _triangles(
+    config, plan, unit_tensors, images, model, normalizer, count, figures, device, name, classes
+) -> list[Path]:
     """Triangles (source, round-0 output, round-1 output) of the first sources whose two rounds are done."""
     if config.rounds < 2:
         return []
@@ -107,14 +139,14 @@ def _triangles(config, plan, unit_tensors, images, model, normalizer, count, fig
             written.append(plots.triangle_plot(
                 conf[row], torch.stack([srcs[row], out_a[row], out_b[row]]), figures / f"triangle_{source:05d}.png",
                 n=config.triangle_grid, corner_labels=("source", "round 0 output", "round 1 output"),
-                title=f"Source {source} (class {int(first['labels'][i])}): confidence over the triangle",
+                title=f"Source {name(source)} ({classes(int(first['labels'][i]))}): confidence over the triangle",
             ))
         if len(written) >= count:
             break
     return written
 
 
-def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, figures, device) -> list[Path]:
+def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, figures, device, names) -> list[Path]:
     """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths."""
     result = traverse_batch(
         model, images(unit.sources), images(unit.targets), saved["labels"].to(device), normalizer=normalizer,
@@ -124,7 +156,7 @@ def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, 
     return [
         plots.path_width_plot(
             result.path_widths[i], figures / f"path_width_{s:05d}_to_{t:05d}.png", iters=result.path_iters,
-            title=f"Path width, image {s} -> image {t} (round {unit.round})",
+            title=f"Path width, {names[i]} (round {unit.round})",
         )
         for i, (s, t) in enumerate(zip(unit.sources[:k], unit.targets[:k]))
     ]

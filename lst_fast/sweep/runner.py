@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,9 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 import lst_fast
-from lst_fast import data, models
+from lst_fast import data, metrics, models, ops
 from lst_fast.fast import traverse_batch
-from lst_fast.sweep import evaluation
+from lst_fast.sweep import evaluation, provenance
 from lst_fast.sweep.config import PHASES, SweepConfig, differences
 from lst_fast.sweep.placement import Placement, parse_shard, resolve_device, resolve_placement
 from lst_fast.sweep.plan import Plan, TraverseUnit, TriangleUnit, make_plan, unit_generator
@@ -84,6 +85,7 @@ class _Sweep:
     cuda_graphs: bool
     workers: int
     progress: bool
+    environment: dict  # the provenance every unit of this process records (lst_fast.sweep.provenance)
 
     def labels(self, positions) -> torch.Tensor:
         return torch.tensor([self.selection.labels[p] for p in positions], dtype=torch.long)
@@ -146,6 +148,7 @@ def run_sweep(
 
 def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda_graphs):
     config = config.checked()
+    _check_out_dir(out_dir)
     placement = resolve_placement(parse_shard(shard) if isinstance(shard, str) else shard)
     device = resolve_device(device, placement)
     if cuda_graphs and device.type != "cuda":
@@ -181,9 +184,21 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda
         normalizer=normalizer, selection=selection, plan=make_plan(len(selection), config.rounds,
         config.batch_size, config.seed), config_id=manifest["config_id"], distances=tuple(distances),
         lpips_weights=None if lpips_weights is None else str(lpips_weights), cuda_graphs=cuda_graphs,
-        workers=workers, progress=progress,
+        workers=workers, progress=progress, environment=provenance.environment(
+            device, precision=config.precision, backend=ops.default_backend(device, torch.float32),
+            schedule=config.schedule, process=placement.label,
+        ),
     )
-    return sweep, manifest.get("note")
+    return sweep, note
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The output folder must be a folder, or not exist yet below folders."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(
+                f"out must be a sweep folder (new or existing), but {str(path)!r} is a file; choose another --out"
+            )
 
 
 def load_sweep_model(config: SweepConfig):
@@ -205,10 +220,12 @@ def _distances(stored: dict | None, lpips_weights) -> tuple[list[str], str | Non
     if stored is None:
         return list(available), note
     wanted = stored.get("config", {}).get("distances", [])
-    missing = [d for d in wanted if d not in available]
-    if missing:
-        raise ValueError(f"this sweep folder computes {missing}, which cannot run here: {note}")
-    return wanted, stored.get("note")
+    if "lpips" in wanted and "lpips" not in available:
+        raise ValueError(
+            "this sweep folder computes LPIPS, whose AlexNet weights are not on this machine: pass --lpips-weights "
+            f"PATH, PATH a local copy of {metrics.ALEXNET_URL}"
+        )
+    return wanted, None if "lpips" in wanted else evaluation.LPIPS_LEFT_OUT
 
 
 def _same_config(manifest: dict, identity: dict, out_dir: Path) -> None:
@@ -265,19 +282,36 @@ def _check_selection(selection: Selection, config: SweepConfig) -> None:
 
 def _pending(sweep: _Sweep, kind: str, units, count: PhaseCount) -> list:
     """The units of ``kind`` that this process owns and that are not validly finished."""
-    todo = []
+    todo, other_conditions = [], Counter()
     for unit in units:
         if not sweep.placement.owns(unit.index):
             continue
         try:
             if sweep.store.read_unit(kind, unit.name, sweep.config_id) is not None:
                 count.skipped += 1
+                other_conditions.update(_other_conditions(sweep, kind, unit.name))
                 continue
         except CorruptUnit as err:
             tqdm.write(f"lst-fast sweep: {err}; computing it again")
             count.redone.append(unit.name)
         todo.append(unit)
+    if other_conditions and todo:
+        listed = ", ".join(f"{k}: {n} units" for k, n in other_conditions.items())
+        tqdm.write(
+            f"lst-fast sweep [{sweep.placement.label}]: finished {kind} units were computed under other (or "
+            f"unrecorded) conditions than this process's ({listed}); the sweep's tables may then agree with one "
+            f"uninterrupted run only to float rounding (`lst-fast info {sweep.store.root}` lists the conditions)"
+        )
     return todo
+
+
+def _other_conditions(sweep: _Sweep, kind: str, name: str) -> list[str]:
+    """The conditions in which a finished unit differs from this process (its own provenance or none)."""
+    recorded = sweep.store.read_provenance(kind, name)
+    if recorded is None:
+        return ["provenance unknown"]
+    mine, theirs = provenance.conditions(sweep.environment), provenance.conditions(recorded)
+    return [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
 
 
 def _bar(sweep: _Sweep, total: int, what: str, unit: str) -> tqdm:
@@ -300,13 +334,19 @@ def _traverse_phase(sweep: _Sweep) -> PhaseCount:
     start = time.perf_counter()
     with _bar(sweep, sum(len(u.sources) for u in todo), "LST", "pair") as bar:
         for unit, (images, _) in zip(todo, loader):
+            unit_start = time.perf_counter()
             tensors = _traverse_unit(sweep, unit, images.to(sweep.device, non_blocking=True))
-            sweep.store.write_unit("traverse", unit.name, tensors, sweep.config_id)
+            _write(sweep, "traverse", unit.name, tensors, unit_start)
             count.computed += 1
             count.items += len(unit.sources)
             bar.update(len(unit.sources))
     count.seconds = time.perf_counter() - start
     return count
+
+
+def _write(sweep: _Sweep, kind: str, name: str, tensors: dict[str, torch.Tensor], start: float) -> None:
+    record = provenance.for_unit(sweep.environment, time.perf_counter() - start)
+    sweep.store.write_unit(kind, name, tensors, sweep.config_id, provenance=record)
 
 
 def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -365,8 +405,9 @@ def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount
             loader = data.group_loader(sweep.dataset, groups, workers=sweep.workers)
             for unit, (srcs, _) in zip(ready, loader):
                 pending.remove(unit)
+                unit_start = time.perf_counter()
                 tensors = _triangle_unit(sweep, unit, srcs.to(sweep.device))
-                sweep.store.write_unit("triangles", unit.name, tensors, sweep.config_id)
+                _write(sweep, "triangles", unit.name, tensors, unit_start)
                 count.computed += 1
                 count.items += len(unit.sources)
                 bar.update(len(unit.sources))

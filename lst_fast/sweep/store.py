@@ -10,7 +10,8 @@ Layout of DIR::
 
 Every file is written to a temporary name in the same folder and renamed into place, so a file under its
 final name is always complete. Unit files also carry their config id and a SHA-256 of their tensors, so a
-truncated, damaged or foreign unit file is detected and redone.
+truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them, see
+:mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
+
+from lst_fast.sweep.provenance import decode as decode_provenance
+from lst_fast.sweep.provenance import encode as encode_provenance
 
 FORMAT = "1"
 KINDS = ("traverse", "triangles")
@@ -101,12 +105,16 @@ class SweepStore:
 
     # Unit files ----------------------------------------------------------------------------------------
 
-    def write_unit(self, kind: str, name: str, tensors: dict[str, torch.Tensor], config: str) -> Path:
-        """Atomically write one finished unit."""
+    def write_unit(
+        self, kind: str, name: str, tensors: dict[str, torch.Tensor], config: str, provenance: dict | None = None
+    ) -> Path:
+        """Atomically write one finished unit (with ``provenance``: what computed it)."""
         path = self.unit_path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         metadata = {"format": FORMAT, "kind": kind, "unit": name, "config": config, "digest": tensor_digest(tensors)}
+        if provenance is not None:
+            metadata["provenance"] = encode_provenance(provenance)
         tmp = self._temporary(path)
         try:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -136,6 +144,16 @@ class SweepStore:
         if metadata.get("digest") != tensor_digest(tensors):
             raise CorruptUnit(f"{path}: contents do not match their checksum")
         return tensors
+
+    def read_provenance(self, kind: str, name: str) -> dict | None:
+        """The provenance recorded in a unit file (only its header is read); None if the file has none."""
+        with open(self.unit_path(kind, name), "rb") as f:
+            head = f.read(8)
+            header = head + f.read(int.from_bytes(head, "little")) if len(head) == 8 else head
+        try:
+            return decode_provenance(_metadata(header).get("provenance"))
+        except (ValueError, UnicodeDecodeError):  # a damaged header: read_unit reports the unit as corrupt
+            return None
 
     def finished(self, kind: str, name: str) -> bool:
         """Whether a unit file exists under its final name (cheap; :meth:`read_unit` validates it)."""
