@@ -56,6 +56,8 @@ def compare(name, model, normalizer, srcs, tgts, pair_names, iters: int, rounds:
             )
         return run
 
+    # Builds the tuned model copy (cached) outside the timed runs; then each schedule once per round.
+    lst_fast.traverse_batch(model, srcs[:1], tgts[:1], normalizer=normalizer, iters=1)
     timing = interleaved_rounds({s: traverse(s) for s in SCHEDULES}, device, rounds, warmup=0)
     rows = []
     for schedule, result in runs.items():
