@@ -84,12 +84,14 @@ def setup(name, batch, device):
 
 def loop_options(which: str, precision="fp32", cuda_graphs=False, schedule="paper") -> dict:
     """Keyword arguments of one loop. The reference loop always runs fp32 without graphs: the original's cost.
-    The schedule is passed only when it is not the paper's (traverse_batch's default)."""
+    The schedule is passed only when it is not the paper's (traverse_batch's default). The adaptive schedule
+    runs with its step held (``step_growth=1``), so that every row takes part in every iteration and the time per
+    iteration is its loop's cost; what it saves, fewer iterations, is measured by bench/bench_schedule.py."""
     if which == "reference":
         return {}
     options = dict(precision=precision, cuda_graphs=cuda_graphs)
     if schedule != "paper":
-        options["schedule"] = schedule
+        options |= {"schedule": schedule, "step_growth": 1.0}
     return options
 
 
