@@ -181,13 +181,10 @@ class _AdaptiveRows:
 
     @classmethod
     def start(cls, n: int, conf: torch.Tensor) -> "_AdaptiveRows":
-        device = conf.device
-        zeros = torch.zeros(n, dtype=torch.float64, device=device)
-        return cls(
-            order=torch.arange(n, device=device), scale=zeros + 1, progress=zeros.clone(),
-            candidates=torch.zeros(n, dtype=torch.long, device=device), accepted=torch.zeros(n, dtype=torch.long,
-            device=device), last_step=zeros.clone(), conf=conf.clone(),
-        )
+        reals = functools.partial(torch.zeros, n, dtype=torch.float64, device=conf.device)
+        counts = functools.partial(torch.zeros, n, dtype=torch.long, device=conf.device)
+        return cls(order=torch.arange(n, device=conf.device), scale=reals() + 1, progress=reals(),
+                   candidates=counts(), accepted=counts(), last_step=reals(), conf=conf.clone())
 
     def update(self, live: int, accept: torch.Tensor, cand_conf: torch.Tensor, settings) -> torch.Tensor:
         """Book one candidate per live row; returns which live rows are finished."""
@@ -283,7 +280,9 @@ def _retire(finished, live: int, rows: _AdaptiveRows, images, vectors, grad):
         if t is not None:
             t[:live] = t[:live].index_select(0, perm)
     rows.permute(live, perm)
-    return len(keep), (None if grad is None else grad.index_select(0, keep).contiguous(memory_format=memory_format_of(grad)))
+    if grad is not None:
+        grad = grad.index_select(0, keep).contiguous(memory_format=memory_format_of(grad))
+    return len(keep), grad
 
 
 def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
