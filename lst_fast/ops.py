@@ -117,7 +117,8 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> No
     ``step_size`` and ``adv_step_size`` are floats, or (B,) tensors of per-row values (the adaptive schedule's
     rows of different step sizes; the compiled kernels take floats only).
     """
-    step_size, adv_step_size = _as_row_column(step_size, x), _as_row_column(adv_step_size, x)
+    step_size = _as_row_column("step_size", step_size, x)
+    adv_step_size = _as_row_column("adv_step_size", adv_step_size, x)
     v = torch.sub(tgt, x, out=out)  # v = tgt - x
     grad_v = row_dot(grad, v)
     grad_grad = row_dot(grad, grad)
@@ -135,12 +136,14 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> No
     out.clamp_(0, 1)
 
 
-def _as_row_column(value, x: torch.Tensor):
+def _as_row_column(name: str, value, x: torch.Tensor):
     """A float as it is; a (B,) tensor as a (B, 1, 1, ...) column in x's dtype, to broadcast over each row."""
     if not isinstance(value, torch.Tensor):
         return value
     if value.shape != x.shape[:1]:
-        raise ValueError(f"per-row step sizes must have shape ({x.shape[0]},), got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a float or a ({x.shape[0]},) tensor of per-row values, got shape {tuple(value.shape)}"
+        )
     return value.to(dtype=x.dtype, device=x.device).view(-1, *([1] * (x.dim() - 1)))
 
 

@@ -52,11 +52,7 @@ def traverse_batch(
             if recorder.due(it):
                 recorder.add(it, x, logits.detach().softmax(1), problem, forward=forward, grad=grad)
             # 2-3. orthogonal component of (tgt - x) w.r.t. the gradient
-            v = tgt - x
-            grad_v = (grad * v).flatten(1).sum(1)
-            grad_grad = (grad * grad).flatten(1).sum(1)
-            v_perp = v - grad * (grad_v / grad_grad).view(-1, 1, 1, 1)
-            v_perp = torch.where((grad_grad == 0).view(-1, 1, 1, 1), v, v_perp)  # documented deviation
+            v_perp = _orthogonal_component(tgt - x, grad)
             # 4. adversarial correction, updated for every row every iteration
             if a > 0:
                 delta = torch.clamp(delta + (a / 2) * grad, -a, a)
@@ -70,6 +66,16 @@ def traverse_batch(
         with torch.no_grad():
             final_conf = class_conf(forward(x), y) if len(y) else p0
     return build_result(problem, settings, x, final_conf, accepted, recorder)
+
+
+def _orthogonal_component(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Spec 2.3: ``v - grad * <grad, v> / <grad, grad>`` per row; ``v`` itself where the gradient is exactly zero
+    (the documented deviation from the original's NaN)."""
+    column = (-1,) + (1,) * (v.dim() - 1)
+    grad_v = (grad * v).flatten(1).sum(1)
+    grad_grad = (grad * grad).flatten(1).sum(1)
+    v_perp = v - grad * (grad_v / grad_grad).view(column)
+    return torch.where((grad_grad == 0).view(column), v, v_perp)
 
 
 def _traverse_adaptive(problem, settings, progress: bool) -> TraversalResult:
@@ -93,11 +99,7 @@ def _traverse_adaptive(problem, settings, progress: bool) -> TraversalResult:
             break
         x_in = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(input_grad_loss(forward(x_in), y), x_in)
-        v = tgt - x
-        grad_v = (grad * v).flatten(1).sum(1)
-        grad_grad = (grad * grad).flatten(1).sum(1)
-        v_perp = v - grad * (grad_v / grad_grad).view(column)
-        v_perp = torch.where((grad_grad == 0).view(column), v, v_perp)
+        v_perp = _orthogonal_component(tgt - x, grad)
         eta = (settings.step_size * scale).to(x.dtype).view(column)
         a = (settings.adv_step_size * scale).to(x.dtype).view(column)
         if settings.adv_step_size > 0:

@@ -103,6 +103,15 @@ def test_the_twin_takes_per_row_step_sizes():
         torch.testing.assert_close(new_delta[i:i + 1], row_delta, atol=1e-15, rtol=0)
 
 
+def test_the_twin_refuses_per_row_step_sizes_of_another_length():
+    x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
+    out, delta = torch.empty_like(x), torch.zeros_like(x)
+    with pytest.raises(ValueError, match=r"step_size must be a float or a \(3,\) tensor of per-row values"):
+        ops.lst_step_torch_(x, x, x, delta, out, step_size=torch.ones(2), adv_step_size=0.01)
+    with pytest.raises(ValueError, match=r"adv_step_size must be a float or a \(3,\) tensor"):
+        ops.lst_step_torch_(x, x, x, delta, out, step_size=0.01, adv_step_size=torch.ones(3, 1))
+
+
 @pytest.mark.parametrize("settings, error, message", [
     (dict(schedule="fast"), ValueError, r"schedule must be one of \['paper', 'adaptive'\], got 'fast'"),
     (dict(step_growth=0.9), ValueError, "step_growth must be >= 1"),
