@@ -24,10 +24,11 @@ import lst_fast
 from bench.harness import interleaved_rounds, write_result
 from lst_fast import data, models, tables
 from lst_fast.demo import all_pairs
+from lst_fast.schedules import schedule_names
 from lst_fast.sweep import SweepConfig, run_sweep
 
 RESULTS = Path(__file__).parent / "results"
-SCHEDULES = ("paper", "adaptive")
+SCHEDULES = schedule_names()  # every registered schedule (lst_fast.schedules)
 BUDGETS = (25, 50, 100, 200, 400)  # adaptive end points of the plot, in paper steps
 # (step_growth, max_step_scale) around the defaults (1.3, 10), for --knob-grid
 KNOB_GRID = ((1.3, 5.0), (1.3, 10.0), (1.2, 12.0), (2.0, 10.0), (1.5, 20.0))

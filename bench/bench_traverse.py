@@ -33,6 +33,7 @@ import lst_fast
 from bench import harness
 from lst_fast import data, models, reference, tuning
 from lst_fast.classifier import input_grad_loss
+from lst_fast.schedules import schedule_named, schedule_names
 from lst_fast.tuning import (
     autocast_context,
     default_rows_per_call,
@@ -43,7 +44,7 @@ from lst_fast.tuning import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEDULES = ["paper", "adaptive"]  # the fast path's schedules (per-iteration cost; adaptive rows stop earlier)
+SCHEDULES = schedule_names()  # the fast path's schedules (per-iteration cost; adaptive rows stop earlier)
 
 
 def load(name: str, device: torch.device):
@@ -244,7 +245,7 @@ def main() -> None:
             for precision in args.precisions:
                 for graphs in graph_options:
                     for schedule in args.schedules:
-                        if graphs and schedule != "paper":  # CUDA graphs run the paper's schedule only
+                        if graphs and not schedule_named(schedule).fixed_shapes:  # CUDA graphs need fixed shapes
                             continue
                         row = bench_config(name, batch, precision, graphs, schedule, device, args)
                         print(row, flush=True)

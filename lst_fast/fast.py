@@ -9,16 +9,17 @@ rejected rows, and never runs the reference's second forward. The step itself is
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
 from lst_fast.classifier import make_forward, model_guard, probabilities
-from lst_fast.graphs import run_static
+from lst_fast.graphs import GraphReplay, StaticBuffers
 from lst_fast.rows import memory_format_of
+from lst_fast.schedules import Schedule, schedule_named, schedule_names
 from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
 from lst_fast.tuning import (
     autocast_context,
@@ -29,7 +30,7 @@ from lst_fast.tuning import (
     tuned_model,
     with_autocast,
 )
-from lst_fast.traversal import PathRecorder, TraversalResult, build_result, prepare
+from lst_fast.traversal import PathRecorder, Problem, TraversalResult, build_result, prepare
 from lst_fast.validation import check_bool
 
 
@@ -98,8 +99,8 @@ def traverse_batch(
     settings = check_settings(settings, **setting_keywords)
     check_bool("fold_batchnorm", fold_batchnorm)
     check_bool("cuda_graphs", cuda_graphs)
-    if cuda_graphs and settings.schedule != "paper":
-        raise ValueError(f"cuda_graphs=True runs the paper's schedule only, got schedule={settings.schedule!r}")
+    mode = "graph" if cuda_graphs else "eager"
+    check_mode(mode, settings)
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
@@ -115,174 +116,211 @@ def traverse_batch(
                                 PathRecorder(settings))
         runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
         forward = with_autocast(make_forward(runner, normalizer), autocast)
-        if settings.schedule == "adaptive":
-            x, final_conf, accepted, evaluations, last_step = _run_adaptive(
-                problem, forward, settings, layout, step_backend, progress, rows_per_call=rows
-            )
-            return build_result(problem, settings, x, final_conf, accepted, PathRecorder(settings),
-                                evaluations=evaluations, final_step_size=last_step)
-        if cuda_graphs:
-            run = functools.partial(run_static, capture=True)
-        else:
-            run = functools.partial(_run, rows_per_call=rows)
-        x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
-    return build_result(problem, settings, x, final_conf, accepted, recorder)
+        return run_schedule(problem, forward, settings, layout, step_backend, mode=mode, rows_per_call=rows,
+                            progress=progress)
 
 
-def _run(problem, forward, settings, layout, backend, progress, rows_per_call=None):
-    y, p0 = problem.labels, problem.init_conf
-    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
-    recorder = PathRecorder(settings)
-    accepted = torch.zeros_like(y)
-
-    # Buffers for the whole run: the iterate, the candidate (they swap roles), the target and the correction.
-    x = problem.x0.contiguous(memory_format=layout)
-    cand = torch.empty_like(x)
-    tgt = problem.tgt.contiguous(memory_format=layout)
-    delta = torch.zeros_like(x) if settings.adv_step_size > 0 else None
-
-    probs, grad = evaluate(x, y, need_grad=settings.iters > 0)
-    for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
-        if recorder.due(it):
-            recorder.add(it, x, probs, problem, forward=forward, grad=grad)
-        ops.lst_step_(
-            x, grad, tgt, delta, cand,
-            step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,
-        )
-        # The last candidate only needs its confidence; every other one also needs its gradient.
-        cand_probs, cand_grad = evaluate(cand, y, need_grad=it < settings.iters - 1)
-        accept = p0 - cand_probs.gather(1, y.unsqueeze(1)).squeeze(1) < settings.pthresh
-        accepted += accept
-        # Select without a full pass: rejected rows (usually none) copy their current state into the
-        # candidate's buffers, then iterate and candidate swap roles.
-        rejected = (~accept).nonzero().squeeze(1)
-        if len(rejected):
-            cand.index_copy_(0, rejected, x.index_select(0, rejected))
-            cand_probs.index_copy_(0, rejected, probs.index_select(0, rejected))
-            if cand_grad is not None:
-                cand_grad.index_copy_(0, rejected, grad.index_select(0, rejected))
-        x, cand = cand, x
-        probs, grad = cand_probs, cand_grad
-    final_conf = probs.gather(1, y.unsqueeze(1)).squeeze(1)
-    return x, final_conf, accepted, recorder
+MODES = ("eager", "static", "graph")
 
 
-@dataclass
-class _AdaptiveRows:
-    """Per-row bookkeeping of the adaptive schedule, for the rows in the loop's buffer order."""
+def check_mode(mode: str, settings: TraversalSettings) -> None:
+    """Whether the loop can run ``settings.schedule`` in ``mode`` (see :func:`run_schedule`).
 
-    order: torch.Tensor  # (n,) int64: the valid row held at each buffer position
-    scale: torch.Tensor  # (n,) float64: the row's next step, in multiples of step_size
-    progress: torch.Tensor  # (n,) float64: accepted steps so far, in multiples of step_size
-    candidates: torch.Tensor  # (n,) int64: candidates evaluated
-    accepted: torch.Tensor  # (n,) int64
-    last_step: torch.Tensor  # (n,) float64: step size of the last candidate
-    conf: torch.Tensor  # (n,) source-class confidence at the current iterate
-
-    @classmethod
-    def start(cls, n: int, conf: torch.Tensor) -> "_AdaptiveRows":
-        reals = functools.partial(torch.zeros, n, dtype=torch.float64, device=conf.device)
-        counts = functools.partial(torch.zeros, n, dtype=torch.long, device=conf.device)
-        return cls(order=torch.arange(n, device=conf.device), scale=reals() + 1, progress=reals(),
-                   candidates=counts(), accepted=counts(), last_step=reals(), conf=conf.clone())
-
-    def update(self, live: int, accept: torch.Tensor, cand_conf: torch.Tensor, settings) -> torch.Tensor:
-        """Book one candidate per live row; returns which live rows are finished."""
-        scale = self.scale[:live]
-        self.last_step[:live] = scale * settings.step_size
-        self.candidates[:live] += 1
-        self.accepted[:live] += accept
-        self.progress[:live] += torch.where(accept, scale, 0)
-        self.conf[:live] = torch.where(accept, cand_conf.to(self.conf.dtype), self.conf[:live])
-        grown = (scale * settings.step_growth).clamp_(max=settings.max_step_scale)
-        self.scale[:live] = torch.where(accept, grown, (scale * settings.step_shrink).clamp_(min=1.0))
-        return (self.progress[:live] >= settings.iters) | (self.candidates[:live] >= settings.iters)
-
-    def permute(self, live: int, perm: torch.Tensor) -> None:
-        """Reorder the first ``live`` rows by ``perm``."""
-        for t in (self.order, self.scale, self.progress, self.candidates, self.accepted, self.last_step, self.conf):
-            t[:live] = t[:live][perm]
-
-    def unpermuted(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (in buffer order) in the valid rows' order."""
-        return torch.empty_like(t).index_copy_(0, self.order, t)
-
-
-def _run_adaptive(problem, forward, settings, layout, backend, progress, rows_per_call=None):
-    """The adaptive schedule (``schedule="adaptive"``): per-row step sizes, finished rows leave the model calls.
-
-    Rows still running are kept at the front of the buffers (``live`` of them); when rows finish, the first
-    ``live`` rows are reordered once so that the running ones come first. Every candidate follows the spec's
-    step with the row's step ``scale * step_size`` and correction ``scale * adv_step_size`` (their ratio, which
-    sets how far from the target the correction holds the iterate, is the paper's), and the spec's
-    acceptance rule. A row is finished when its accepted steps add up to ``iters`` paper steps or after
-    ``iters`` candidates.
+    Raises:
+        ValueError: an unknown mode, or static buffers for a schedule without fixed shapes.
     """
-    y, p0 = problem.labels.clone(), problem.init_conf.clone()
-    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
-    x = problem.x0.contiguous(memory_format=layout)
-    cand = torch.empty_like(x)
-    tgt = problem.tgt.contiguous(memory_format=layout)
-    delta = torch.zeros_like(x) if settings.adv_step_size > 0 else None
-    probs, grad = evaluate(x, y, need_grad=settings.iters > 0)
-    rows = _AdaptiveRows.start(len(y), probs.gather(1, y.unsqueeze(1)).squeeze(1))
-    live = len(y) if settings.iters > 0 else 0
-    bar = tqdm(total=settings.iters, disable=not progress, desc="LST (adaptive)")
-    for it in range(settings.iters):
-        if live == 0:
-            break
-        bar.update()
-        scale = rows.scale[:live]
-        _scaled_step(x[:live], grad, tgt[:live], None if delta is None else delta[:live], cand[:live], scale,
-                     settings, backend)
-        # Rows whose accepted candidate would finish them need no gradient there (nor do rejected ones).
-        last = it == settings.iters - 1 or bool((rows.progress[:live] + scale >= settings.iters).all())
-        cand_probs, cand_grad = evaluate(cand[:live], y[:live], need_grad=not last)
-        cand_conf = cand_probs.gather(1, y[:live].unsqueeze(1)).squeeze(1)
-        accept = p0[:live] - cand_conf < settings.pthresh
-        finished = rows.update(live, accept, cand_conf, settings)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if mode != "eager" and not schedule_named(settings.schedule).fixed_shapes:
+        option = "cuda_graphs=True" if mode == "graph" else f"mode={mode!r}"
+        raise ValueError(
+            f"{option} runs only the schedules with fixed shapes {list(schedule_names(fixed_shapes=True))} "
+            f"(static buffers), got schedule={settings.schedule!r}"
+        )
+
+
+def run_schedule(
+    problem: Problem, forward, settings: TraversalSettings, layout: torch.memory_format, backend: str, *,
+    mode: str = "eager", rows_per_call: int | None = None, progress: bool = False,
+) -> TraversalResult:
+    """The fast loop on a prepared problem (at least one valid row) under its schedule (lst_fast.schedules).
+
+    Args:
+        problem: from :func:`lst_fast.traversal.prepare`.
+        forward: images in [0, 1] -> logits (the tuned model copy, with the normaliser).
+        settings: the traversal's settings; ``settings.schedule`` picks the schedule.
+        layout: the memory format of the loop's image buffers.
+        backend: the step kernel (:func:`lst_fast.ops.available_backends`).
+        mode: ``"eager"``: iterate and candidate swap roles, rejected rows are copied, finished rows leave the
+            buffers and the model calls. ``"static"``: fixed buffers and masked selection, run eagerly (what
+            CUDA graphs capture; any device). ``"graph"``: the static iteration replayed as a CUDA graph
+            (CUDA tensors). Static buffers need a schedule with fixed shapes.
+        rows_per_call: rows per model call in ``"eager"`` mode (None: the whole batch); static buffers run the
+            whole batch in one call.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The traversal's result for the whole batch.
+
+    Raises:
+        ValueError: see :func:`check_mode`.
+    """
+    check_mode(mode, settings)
+    schedule = schedule_named(settings.schedule)(settings, len(problem.labels), problem.x0.device)
+    # CUDA graphs capture under a device guard (see lst_fast.graphs), the buffers' set-up included.
+    guard = torch.cuda.device(problem.x0.device) if mode == "graph" else contextlib.nullcontext()
+    with guard:
+        if mode == "eager":
+            evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
+            buffers = _SwapBuffers(problem, evaluate, settings, layout)
+        else:
+            buffers = StaticBuffers(problem, forward, settings, layout)
+        body = functools.partial(_iteration, buffers, schedule, settings, backend)
+        iteration = GraphReplay(body, problem.x0.device) if mode == "graph" else body
+        desc = f"LST ({schedule.name}{', CUDA graph' if mode == 'graph' else ''})"
+        recorder = PathRecorder(settings)
+        rows = _drive(problem, forward, settings, schedule, buffers, iteration, recorder, progress, desc)
+        if mode == "graph":
+            iteration.check(settings.iters)
+    x, final_conf, accepted, evaluations, last_step = rows.assemble()
+    return build_result(problem, settings, x, final_conf, accepted, recorder, evaluations=evaluations,
+                        final_step_size=last_step)
+
+
+def _drive(problem, forward, settings, schedule, buffers, iteration, recorder, progress, desc) -> "_Finished":
+    """The loop: at most ``iters`` iterations of ``iteration`` (the body, or its CUDA-graph replay), recording
+    the path where due and retiring the rows the schedule finishes; then the rows still running finish."""
+    finished_rows = _Finished(torch.arange(len(problem.labels), device=problem.x0.device))
+    candidates = 0
+    with tqdm(total=settings.iters, disable=not progress, desc=desc) as bar:
+        for it in range(settings.iters):
+            if recorder.due(it):
+                recorder.add(it, buffers.x, buffers.probs, problem, forward=forward, grad=buffers.grad)
+            finished = iteration(it)
+            candidates = it + 1
+            bar.update()
+            if finished is not None and finished.any():
+                finished_rows.retire(finished, buffers, schedule, candidates)
+                if finished_rows.running == 0:
+                    break
+    if finished_rows.running:
+        finished_rows.retire(None, buffers, schedule, candidates)
+    return finished_rows
+
+
+def _iteration(buffers, schedule: Schedule, settings: TraversalSettings, backend: str, iteration: int):
+    """One iteration for every running row: the step, the candidate's evaluation, the spec's acceptance
+    rule, the selection and the schedule's bookkeeping. Returns the rows the schedule finished (or None)."""
+    with torch.no_grad():
+        _scaled_step(buffers.x, buffers.grad, buffers.tgt, buffers.delta, buffers.candidate,
+                     schedule.step_scale(), settings, backend)
+    cand_probs, cand_grad = buffers.evaluate_candidate(need_grad=schedule.needs_gradient(iteration))
+    with torch.no_grad():
+        # Spec 2.6-2.7: accept if the source-class confidence stays within pthresh of the clean source's.
+        cand_conf = cand_probs.gather(1, buffers.labels.unsqueeze(1)).squeeze(1)
+        accept = buffers.init_conf - cand_conf < settings.pthresh
+        buffers.select(accept, cand_probs, cand_grad)
+        buffers.accepted.add_(accept)
+        return schedule.update(accept)
+
+
+class _SwapBuffers:
+    """The running rows' state for the eager loop, in buffers allocated once (and again when rows retire):
+    the iterate, the candidate (they swap roles), the target, the correction, the softmax and the gradient."""
+
+    def __init__(self, problem: Problem, evaluate, settings: TraversalSettings, layout: torch.memory_format):
+        self.evaluate = evaluate
+        self.labels, self.init_conf = problem.labels, problem.init_conf
+        self.x = problem.x0.contiguous(memory_format=layout)
+        self.candidate = torch.empty_like(self.x)
+        self.tgt = problem.tgt.contiguous(memory_format=layout)
+        self.delta = torch.zeros_like(self.x) if settings.adv_step_size > 0 else None
+        self.accepted = torch.zeros_like(self.labels)
+        self.probs, self.grad = evaluate(self.x, self.labels, need_grad=settings.iters > 0)
+
+    def evaluate_candidate(self, need_grad: bool):
+        return self.evaluate(self.candidate, self.labels, need_grad=need_grad)
+
+    def select(self, accept: torch.Tensor, cand_probs: torch.Tensor, cand_grad: torch.Tensor | None) -> None:
+        """Select without a full pass: rejected rows (usually none) copy their current state into the
+        candidate's buffers, then iterate and candidate swap roles. Without a candidate gradient (the schedule
+        needs none) the rows keep the gradient they had: every row that accepted is then finished."""
         rejected = (~accept).nonzero().squeeze(1)
         if len(rejected):
-            cand.index_copy_(0, rejected, x.index_select(0, rejected))
+            self.candidate.index_copy_(0, rejected, self.x.index_select(0, rejected))
+            cand_probs.index_copy_(0, rejected, self.probs.index_select(0, rejected))
             if cand_grad is not None:
-                cand_grad.index_copy_(0, rejected, grad.index_select(0, rejected))
-        x, cand = cand, x
-        if cand_grad is not None:  # else every row that accepted is finished, and the others keep their gradient
-            grad = cand_grad
-        if finished.any():
-            running = live
-            live, grad = _retire(finished, live, rows, (x, tgt, delta), (y, p0), grad)
-            cand[live:running] = x[live:running]  # the buffers swap roles: both hold the finished rows' outputs
-    bar.close()
-    evaluations = rows.unpermuted(rows.candidates) + 1  # the start point and every candidate
-    return (rows.unpermuted(x), rows.unpermuted(rows.conf), rows.unpermuted(rows.accepted), evaluations,
-            rows.unpermuted(rows.last_step))
+                cand_grad.index_copy_(0, rejected, self.grad.index_select(0, rejected))
+        self.x, self.candidate = self.candidate, self.x
+        self.probs = cand_probs
+        if cand_grad is not None:
+            self.grad = cand_grad
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the running rows at positions ``rows`` (the others are finished), in their order."""
+        for name in ("x", "tgt", "delta", "grad", "probs", "labels", "init_conf", "accepted"):
+            setattr(self, name, _take_rows(getattr(self, name), rows))
+        self.candidate = torch.empty_like(self.x)
 
 
-def _scaled_step(x, grad, tgt, delta, out, scale: torch.Tensor, settings, backend: str) -> None:
-    """The spec's step with per-row step sizes ``scale * step_size`` (correction scaled alike): one kernel call
-    when every row has the same scale (the usual case), else the PyTorch twin with per-row values."""
-    first = scale[0].item()
-    if bool((scale == first).all()):
-        ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * first,
-                      adv_step_size=settings.adv_step_size * first, backend=backend)
-    else:
-        ops.lst_step_torch_(x, grad, tgt, delta, out, step_size=scale * settings.step_size,
-                            adv_step_size=scale * settings.adv_step_size)
+def _take_rows(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """Rows ``rows`` of ``t`` in a new tensor of t's memory format (the fused step needs matching layouts)."""
+    return None if t is None else t.index_select(0, rows).contiguous(memory_format=memory_format_of(t))
 
 
-def _retire(finished, live: int, rows: _AdaptiveRows, images, vectors, grad):
-    """Move the finished rows behind the running ones (one reordering of the first ``live`` rows of every
-    buffer); returns the new number of running rows and their gradient."""
-    keep = (~finished).nonzero().squeeze(1)
-    perm = torch.cat([keep, finished.nonzero().squeeze(1)])
-    for t in images + vectors:
-        if t is not None:
-            t[:live] = t[:live].index_select(0, perm)
-    rows.permute(live, perm)
-    if grad is not None:
-        grad = grad.index_select(0, keep).contiguous(memory_format=memory_format_of(grad))
-    return len(keep), grad
+class _Finished:
+    """The finished rows' outcomes, collected as rows retire from the loop's buffers, and the valid row held at
+    each position of the buffers (``order``)."""
+
+    def __init__(self, order: torch.Tensor):
+        self.order = order
+        self.parts: list[tuple[torch.Tensor, ...]] = []  # (valid rows, x, conf, accepted, evaluations, last step)
+
+    @property
+    def running(self) -> int:
+        return len(self.order)
+
+    def retire(self, finished: torch.Tensor | None, buffers, schedule: Schedule, candidates: int) -> None:
+        """Record the rows ``finished`` (bool over the running rows; None: all of them) after ``candidates``
+        candidates each, and drop them from the buffers and the schedule."""
+        if finished is None:
+            done, keep = None, None
+        else:
+            done, keep = finished.nonzero().squeeze(1), (~finished).nonzero().squeeze(1)
+        take = (lambda t: t) if done is None else (lambda t: t.index_select(0, done))
+        conf = buffers.probs.gather(1, buffers.labels.unsqueeze(1)).squeeze(1)
+        accepted = take(buffers.accepted)
+        evaluations = torch.full_like(accepted, candidates + 1)  # the start point and every candidate
+        self.parts.append((take(self.order), take(buffers.x), take(conf), accepted, evaluations,
+                           take(schedule.last_step_sizes())))
+        if keep is None:
+            self.order = self.order[:0]
+        else:
+            buffers.keep(keep)
+            schedule.keep(keep)
+            self.order = self.order[keep]
+
+    def assemble(self) -> tuple[torch.Tensor, ...]:
+        """(x, final_conf, accepted, evaluations, last step size) of every valid row, in the valid rows' order."""
+        if len(self.parts) == 1:  # every row finished at once, where it started
+            return self.parts[0][1:]
+        order, *fields = (torch.cat(column) for column in zip(*self.parts))
+        return tuple(torch.empty_like(f).index_copy_(0, order, f) for f in fields)
+
+
+def _scaled_step(x, grad, tgt, delta, out, scale: float | torch.Tensor, settings, backend: str) -> None:
+    """The spec's step with per-row step sizes ``scale * step_size`` (correction scaled alike), ``scale`` a float
+    for every row or a (B,) tensor: one kernel call when every row has the same scale (the usual case), else
+    the PyTorch twin with per-row values. The loop's only call of the step kernels."""
+    if isinstance(scale, torch.Tensor):
+        first = scale[0].item()
+        if not bool((scale == first).all()):
+            ops.lst_step_torch_(x, grad, tgt, delta, out, step_size=scale * settings.step_size,
+                                adv_step_size=scale * settings.adv_step_size)
+            return
+        scale = first
+    ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * scale,
+                  adv_step_size=settings.adv_step_size * scale, backend=backend)
 
 
 def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):

@@ -12,10 +12,11 @@ import dataclasses
 import inspect
 from dataclasses import dataclass, field, fields
 
+from lst_fast.schedules import schedule_named, schedule_names
 from lst_fast.validation import check_number, check_radii
 
 RECORDABLE = ("conf", "images", "widths")
-SCHEDULES = ("paper", "adaptive")
+SCHEDULES = schedule_names()  # lst_fast.schedules.REGISTRY: the fast loop's schedules, the default first
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class TraversalSettings:
     )
     width_num_vecs: int = setting(256, "random directions per recorded path width", Number(minimum=2, integer=True))
     schedule: str = setting(
-        "paper",
+        SCHEDULES[0],
         "'paper': iters steps of step_size (the spec's loop); 'adaptive': per-row steps that grow while "
         "candidates are accepted, each row stopping after iters paper steps' worth (iters is then the budget)",
         Choice(SCHEDULES),
@@ -121,10 +122,10 @@ class TraversalSettings:
             raise ValueError(f"record={self.record} needs log_every > 0 (how often to record along the path)")
         if self.step_shrink > 1:
             raise ValueError(f"step_shrink must be in (0, 1], got {self.step_shrink!r}")
-        if self.schedule == "adaptive" and self.record:
+        if self.record and not schedule_named(self.schedule).records:
             raise ValueError(
-                f"record={self.record} is not available with schedule='adaptive' (rows move at different paces); "
-                "record along the path with schedule='paper'"
+                f"record={self.record} is not available with schedule={self.schedule!r} (rows move at different "
+                f"paces); record along the path with schedule={' or '.join(map(repr, schedule_names(records=True)))}"
             )
 
 

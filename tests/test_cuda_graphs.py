@@ -5,7 +5,6 @@ comparison itself also runs on CPU (the fast eager loop), so that the check is k
 runs it.
 """
 
-import types
 import warnings
 
 import pytest
@@ -75,8 +74,7 @@ def test_cuda_graphs_on_a_device_that_is_not_current(no_tf32):
 def test_capture_that_records_nothing_is_an_error():
     """An iteration that runs while capturing instead of being recorded (here: its counter lives on the CPU)
     must raise, not leave a graph whose replays do nothing."""
-    state = types.SimpleNamespace(x=torch.zeros(1, device="cuda"), iterations=torch.zeros((), dtype=torch.int64))
-    state.step = lambda: state.iterations.add_(1)
+    counter = torch.zeros((), dtype=torch.int64)
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="1 iterations ran after the capture"):
         warnings.simplefilter("ignore")  # torch's own "the CUDA graph is empty" warning, if it gives one
-        graphs._capture(state, torch.cuda.Stream(), 0)
+        graphs._capture(lambda: counter.add_(1), counter, torch.cuda.Stream(), 0)

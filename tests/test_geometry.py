@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lst_fast import fast, geometry, graphs, reference, tables, traversal
+from lst_fast import fast, geometry, reference, tables, traversal
 from lst_fast.classifier import model_guard
 from lst_fast.settings import check_settings
 
@@ -359,7 +359,7 @@ def test_recorded_widths_follow_the_documented_protocol():
 
 
 def test_static_loop_records_the_same_widths():
-    """The CUDA-graph loop's iteration, run eagerly on CPU (capture=False), records widths like the others."""
+    """The CUDA-graph loop's iteration, run eagerly on CPU (mode="static"), records widths like the others."""
     model = confident_convnet()
     srcs, tgts = rand_images(3, seed=11), rand_images(3, seed=12)
     widths = dict(width_distances=(0.25, 1.0), width_num_vecs=8)
@@ -375,10 +375,7 @@ def test_static_loop_records_the_same_widths():
         problem = traversal.prepare(
             model, srcs, tgts, None, None, None, settings, torch.Generator().manual_seed(5)
         )
-        state = graphs.run_static(
-            problem, problem.forward, settings, torch.channels_last, "torch", progress=False, capture=False
-        )
-    static = traversal.build_result(problem, settings, *state)
+        static = fast.run_schedule(problem, problem.forward, settings, torch.channels_last, "torch", mode="static")
     torch.testing.assert_close(static.path_widths, ref.path_widths, atol=1e-5, rtol=0)
 
 

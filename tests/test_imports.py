@@ -19,7 +19,7 @@ COMPILED = {"lst_fast._C", "lst_fast._C_cuda"}  # pybind11 modules built from cs
 # Which module may import which: each module imports only modules of lower layers (the README's "Layout"
 # section says the same in words). "" is lst_fast/__init__.py; "kernels.*" is every module in lst_fast/kernels/.
 LAYERS = [
-    ("validation", "rows", "classifier", "fusion", "data", "models", "_extension", "kernels", "testing"),  # no lst_fast
+    ("validation", "rows", "classifier", "fusion", "data", "models", "_extension", "kernels", "testing", "schedules"),
     ("settings", "tuning", "kernels.*"),
     ("ops", "evaluator", "metrics"),
     ("geometry",),

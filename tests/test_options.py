@@ -4,14 +4,14 @@ import pytest
 import torch
 
 import lst_fast
-from lst_fast import graphs, reference, traversal, tuning
+from lst_fast import fast, reference, traversal, tuning
 from lst_fast.classifier import input_grad_loss, model_guard
 from lst_fast.settings import check_settings
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 
 def run_static_body(model, srcs, tgts, labels, seed, **kwargs):
-    """The CUDA-graph loop's iteration run eagerly (capture=False), as a TraversalResult."""
+    """The CUDA-graph loop's iteration run eagerly (static buffers, no capture), as a TraversalResult."""
     settings = check_settings(
         step_size=kwargs["step_size"], iters=kwargs["iters"], pthresh=kwargs["pthresh"],
         adv_step_size=kwargs.get("adv_step_size", 2e-3), init_noise=4 / 255,
@@ -20,10 +20,7 @@ def run_static_body(model, srcs, tgts, labels, seed, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     with model_guard(model):
         problem = traversal.prepare(model, srcs, tgts, labels, None, None, settings, generator)
-        x, final_conf, accepted, recorder = graphs.run_static(
-            problem, problem.forward, settings, torch.channels_last, "cpp", progress=False, capture=False
-        )
-    return traversal.build_result(problem, settings, x, final_conf, accepted, recorder)
+        return fast.run_schedule(problem, problem.forward, settings, torch.channels_last, "cpp", mode="static")
 
 
 @pytest.mark.parametrize("adv_step_size", [2e-3, None])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lst_fast.data import parse_data_spec
 from lst_fast.models import file_sha256
+from lst_fast.schedules import schedule_named
 from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings
 from lst_fast.tuning import PRECISIONS
 from lst_fast.validation import check_bool, check_number
@@ -81,7 +82,7 @@ class SweepConfig:
         """The settings of the sweep's traversals: ``traversal``, recording the source- and target-class
         confidence every :attr:`path_log_every` iterations (the paper's schedule only); ``recording`` replaces that
         (e.g. ``record=("widths",)`` for ``lst-fast plot``). Runs with ``precision`` on the fast path."""
-        if self.traversal.schedule != "paper":  # the adaptive schedule's rows have no common path to record
+        if not schedule_named(self.traversal.schedule).records:  # e.g. adaptive: the rows have no common path
             return dataclasses.replace(self.traversal, **recording)
         recorded = {"log_every": self.path_log_every, "record": ("conf",)} | recording
         return dataclasses.replace(self.traversal, **recorded)

@@ -23,6 +23,7 @@ import torch
 
 from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
+from lst_fast.schedules import schedule_named
 from lst_fast.sweep.config import config_from_manifest
 from lst_fast.sweep.placement import resolve_device, resolve_placement
 from lst_fast.sweep.plan import make_plan, unit_generator
@@ -86,7 +87,7 @@ def plot_sweep(
     with torch.no_grad():
         classes = class_namer(dataset, model(normalizer(images(first.sources[:1]))).shape[1])
     written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device, name, classes)
-    if path_widths and config.schedule == "paper":  # the adaptive schedule records no path
+    if path_widths and schedule_named(config.schedule).records:  # e.g. the adaptive schedule records no path
         written += _path_widths(
             config, first, saved, images, model, normalizer, k, width_vecs, figures, device, names,
         )
