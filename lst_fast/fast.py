@@ -4,7 +4,13 @@ Spec section 2, "Observation": a row that accepts its candidate takes its next g
 point just evaluated, and a row that rejects keeps the gradient it already had. So the loop evaluates each
 candidate *with* its backward, keeps the candidate's gradient for accepted rows and the cached one for
 rejected rows, and never runs the reference's second forward. The step itself is one fused kernel
-(:mod:`lst_fast.ops`) writing into buffers allocated once per call.
+(:mod:`lst_fast.ops`).
+
+One driver loop (:func:`run_schedule`) runs every schedule (:mod:`lst_fast.schedules`): the schedule says how
+large each row's next step is and which rows are finished; the loop holds the acceptance rule, the selection of
+the accepted candidates and the retiring of finished rows, which then leave the model calls. Its iteration runs
+on eager buffers (iterate and candidate swap roles) or, for schedules with fixed shapes, on static buffers,
+eagerly or replayed as a CUDA graph (:mod:`lst_fast.graphs`).
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ def traverse_batch(
             model, cached until its weights change; the caller's model is never modified.
         precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` to run the model under autocast (the step and
             the images stay in the images' dtype; accept/reject uses the autocast confidences).
-        cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
+        cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors and schedules with fixed
+            shapes only: :func:`lst_fast.schedules.schedule_names` ``(fixed_shapes=True)``, the paper's).
         rows_per_call: rows per forward+backward of the model. ``"auto"``: about four 224x224 images' worth
             for convolutional models on CPU, where larger calls are slower per image, else the whole batch
             (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
@@ -100,7 +107,7 @@ def traverse_batch(
     check_bool("fold_batchnorm", fold_batchnorm)
     check_bool("cuda_graphs", cuda_graphs)
     mode = "graph" if cuda_graphs else "eager"
-    check_mode(mode, settings)
+    _check_mode(mode, settings)
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
@@ -123,7 +130,7 @@ def traverse_batch(
 MODES = ("eager", "static", "graph")
 
 
-def check_mode(mode: str, settings: TraversalSettings) -> None:
+def _check_mode(mode: str, settings: TraversalSettings) -> None:
     """Whether the loop can run ``settings.schedule`` in ``mode`` (see :func:`run_schedule`).
 
     Raises:
@@ -163,9 +170,9 @@ def run_schedule(
         The traversal's result for the whole batch.
 
     Raises:
-        ValueError: see :func:`check_mode`.
+        ValueError: an unknown ``mode``, or static buffers for a schedule without fixed shapes.
     """
-    check_mode(mode, settings)
+    _check_mode(mode, settings)
     schedule = schedule_named(settings.schedule)(settings, len(problem.labels), problem.x0.device)
     # CUDA graphs capture under a device guard (see lst_fast.graphs), the buffers' set-up included.
     guard = torch.cuda.device(problem.x0.device) if mode == "graph" else contextlib.nullcontext()
@@ -282,27 +289,28 @@ class _Finished:
 
     def retire(self, finished: torch.Tensor | None, buffers, schedule: Schedule, candidates: int) -> None:
         """Record the rows ``finished`` (bool over the running rows; None: all of them) after ``candidates``
-        candidates each, and drop them from the buffers and the schedule."""
-        if finished is None:
-            done, keep = None, None
-        else:
-            done, keep = finished.nonzero().squeeze(1), (~finished).nonzero().squeeze(1)
-        take = (lambda t: t) if done is None else (lambda t: t.index_select(0, done))
+        candidates each (every running row has had the same number), and drop them from the buffers and the
+        schedule."""
         conf = buffers.probs.gather(1, buffers.labels.unsqueeze(1)).squeeze(1)
-        accepted = take(buffers.accepted)
-        evaluations = torch.full_like(accepted, candidates + 1)  # the start point and every candidate
-        self.parts.append((take(self.order), take(buffers.x), take(conf), accepted, evaluations,
-                           take(schedule.last_step_sizes())))
-        if keep is None:
+        rows = (self.order, buffers.x, conf, buffers.accepted, schedule.last_step_sizes())
+        if finished is None:
+            self._add(rows, candidates)
             self.order = self.order[:0]
-        else:
-            buffers.keep(keep)
-            schedule.keep(keep)
-            self.order = self.order[keep]
+            return
+        done, keep = finished.nonzero().squeeze(1), (~finished).nonzero().squeeze(1)
+        self._add(tuple(t.index_select(0, done) for t in rows), candidates)
+        buffers.keep(keep)
+        schedule.keep(keep)
+        self.order = self.order[keep]
+
+    def _add(self, rows: tuple[torch.Tensor, ...], candidates: int) -> None:
+        order, x, conf, accepted, last_step = rows
+        evaluations = torch.full_like(accepted, candidates + 1)  # the start point and every candidate
+        self.parts.append((order, x, conf, accepted, evaluations, last_step))
 
     def assemble(self) -> tuple[torch.Tensor, ...]:
         """(x, final_conf, accepted, evaluations, last step size) of every valid row, in the valid rows' order."""
-        if len(self.parts) == 1:  # every row finished at once, where it started
+        if len(self.parts) == 1:  # every row finished in the same iteration: still in the valid rows' order
             return self.parts[0][1:]
         order, *fields = (torch.cat(column) for column in zip(*self.parts))
         return tuple(torch.empty_like(f).index_copy_(0, order, f) for f in fields)

@@ -2,7 +2,7 @@
 
 GPU tests, marked ``gpu`` (bench/gpu_check.sh runs every such test); without CUDA they are skipped. The
 comparison itself also runs on CPU (the fast eager loop), so that the check is known to work before a GPU
-runs it.
+runs it, and so does the iteration that the graph captures (static buffers, run eagerly).
 """
 
 import warnings
@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import lst_fast
-from lst_fast import graphs, reference
-from helpers import SHARPNESS, colour_patches, tiny_cnn
+from lst_fast import fast, graphs, reference, traversal
+from lst_fast.classifier import model_guard
+from lst_fast.settings import check_settings
+from helpers import SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none found)")
 needs_two = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -49,6 +51,38 @@ def check_against_reference(device: str, cuda_graphs: bool) -> None:
 
 def test_comparison_on_cpu():
     check_against_reference("cpu", cuda_graphs=False)
+
+
+def run_mode(mode: str, **settings):
+    """lst_fast.fast.run_schedule in ``mode`` on the pairs of check_against_reference (float64, CPU)."""
+    model = tiny_cnn(scale=SHARPNESS)
+    srcs, tgts = colour_patches(6), colour_patches(6, seed=1)
+    settings = check_settings(**SETTINGS, **settings)
+    with model_guard(model):
+        problem = traversal.prepare(model, srcs, tgts, None, None, None, settings, torch.Generator().manual_seed(0))
+        return fast.run_schedule(problem, problem.forward, settings, torch.contiguous_format, "torch", mode=mode)
+
+
+@pytest.mark.parametrize("adv_step_size", [2e-3, 0.0])
+def test_the_captured_iteration_run_eagerly_equals_the_eager_loop(adv_step_size):
+    """Static buffers with masked selection (what a CUDA graph replays) give the eager loop's results exactly,
+    though the eager loop swaps buffers, copies only rejected rows and skips the last backward."""
+    recording = dict(adv_step_size=adv_step_size, log_every=5, record=("conf",))
+    eager, static = run_mode("eager", **recording), run_mode("static", **recording)
+    assert (eager.accepted[eager.valid] < SETTINGS["iters"]).any(), "the test needs rejected steps"
+    assert_same_result(eager, static, atol=0)
+    assert torch.equal(eager.path_conf, static.path_conf)
+    assert torch.equal(eager.evaluations, static.evaluations)
+    assert torch.equal(eager.final_step_size, static.final_step_size)
+
+
+@pytest.mark.parametrize("mode, settings, message", [
+    ("static", dict(schedule="adaptive"), r"mode='static' runs only the schedules with fixed shapes \['paper'\]"),
+    ("replay", {}, r"mode must be one of \['eager', 'static', 'graph'\], got 'replay'"),
+])
+def test_bad_modes_are_refused_by_name(mode, settings, message):
+    with pytest.raises(ValueError, match=message):
+        run_mode(mode, **settings)
 
 
 @pytest.mark.gpu

@@ -1,18 +1,77 @@
-"""The adaptive schedule (``schedule="adaptive"``): paper-equivalence, the shrinking batch against the reference
-loop's masked twin, the acceptance rule, the per-row counts, the per-row step of the PyTorch twin, bad knobs."""
+"""The schedules (lst_fast.schedules): the registry and its queries, each schedule's bookkeeping by hand, and the
+adaptive schedule (``schedule="adaptive"``) end to end: paper-equivalence, the shrinking batch against the
+reference loop's masked twin, the acceptance rule, the per-row counts, the per-row step of the PyTorch twin, bad
+knobs."""
+
+import dataclasses
 
 import pytest
 import torch
 
 import lst_fast
-from lst_fast import ops, reference
-from lst_fast.settings import TraversalSettings
+from lst_fast import ops, reference, schedules
+from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings
 
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 # A sharp model, a tight threshold and big steps: candidates get rejected and rows finish at different times.
 SHARP_MODEL_SCALE = 10.0
 ADAPTIVE = dict(iters=40, pthresh=1e-3, step_size=0.05, max_step_scale=4.0, schedule="adaptive")
+
+
+def test_the_registry_says_what_each_schedule_supports():
+    assert schedules.schedule_names() == ("paper", "adaptive")
+    assert schedules.schedule_names(records=True) == schedules.schedule_names(fixed_shapes=True) == ("paper",)
+    assert schedules.schedule_names(records=False, fixed_shapes=False) == ("adaptive",)
+    assert schedules.schedule_named("adaptive") is schedules.AdaptiveSchedule
+    assert TraversalSettings().schedule == "paper"  # the first registered schedule is the default
+    with pytest.raises(ValueError, match=r"schedule must be one of \['paper', 'adaptive'\], got 'fast'"):
+        schedules.schedule_named("fast")
+
+
+def test_every_knob_is_a_swept_setting_of_one_schedule():
+    swept = {f.name for f in SWEEP_SETTINGS}
+    knobs = [knob for schedule in schedules.REGISTRY.values() for knob in schedule.knobs]
+    assert knobs == ["step_growth", "step_shrink", "max_step_scale"]
+    assert set(knobs) <= swept and len(set(knobs)) == len(knobs)
+    assert [schedules.knob_owner(k) for k in knobs] == ["adaptive"] * 3
+    shared = [f.name for f in dataclasses.fields(TraversalSettings) if schedules.knob_owner(f.name) is None]
+    assert "iters" in shared and "step_size" in shared and "schedule" in shared
+
+
+@pytest.mark.parametrize("name", schedules.schedule_names(records=False))
+def test_recording_is_refused_for_every_schedule_that_cannot_record(name):
+    with pytest.raises(ValueError, match=f"not available with schedule='{name}'.*with schedule='paper'"):
+        TraversalSettings(schedule=name, record=("images",), log_every=2)
+
+
+def test_the_paper_schedule_by_hand():
+    paper = schedules.PaperSchedule(TraversalSettings(iters=3, step_size=0.25), 2, torch.device("cpu"))
+    assert paper.step_scale() == 1.0
+    assert [paper.needs_gradient(it) for it in range(3)] == [True, True, False]  # the last candidate: conf only
+    assert paper.update(torch.tensor([True, False])) is None  # no row finishes before the budget
+    assert torch.equal(paper.last_step_sizes(), torch.tensor([0.25, 0.25], dtype=torch.float64))
+
+
+def test_the_adaptive_schedule_by_hand():
+    """Scales start at 1, grow by 2 up to 3 on accept, halve down to 1 on reject; finished at 3 steps' worth."""
+    settings = TraversalSettings(iters=3, step_size=0.1, step_growth=2.0, step_shrink=0.5, max_step_scale=3.0)
+    adaptive = schedules.AdaptiveSchedule(settings, 3, torch.device("cpu"))
+    assert adaptive.step_scale().tolist() == [1.0, 1.0, 1.0]
+    assert adaptive.last_step_sizes().tolist() == [0.0, 0.0, 0.0]  # no candidate yet
+    assert adaptive.needs_gradient(0)
+    assert adaptive.update(torch.tensor([True, False, True])).tolist() == [False, False, False]
+    assert adaptive.step_scale().tolist() == [2.0, 1.0, 2.0]  # progress 1, 0, 1
+    assert adaptive.last_step_sizes().tolist() == [0.1, 0.1, 0.1]
+    assert adaptive.update(torch.tensor([True, True, False])).tolist() == [True, False, False]  # progress 3, 1, 1
+    assert adaptive.step_scale().tolist() == [3.0, 2.0, 1.0]  # 4 capped at 3; 2 halved to 1
+    assert adaptive.last_step_sizes().tolist() == [0.2, 0.1, 0.2]
+    adaptive.keep(torch.tensor([1, 2]))
+    assert adaptive.step_scale().tolist() == [2.0, 1.0] and adaptive.last_step_sizes().tolist() == [0.1, 0.2]
+    assert adaptive.needs_gradient(1)  # progress + scale: 3 and 2, not every row would finish
+    assert not adaptive.needs_gradient(2)  # the budget's last candidate
+    adaptive.keep(torch.tensor([0]))
+    assert not adaptive.needs_gradient(1)  # progress 1 + scale 2: an accepted candidate finishes the row
 
 
 def pairs(n: int = 6, seed: int = 1):
