@@ -16,19 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.classifier import make_forward, model_guard, probabilities
+from lst_fast.classifier import model_guard
 from lst_fast.graphs import run_static
+from lst_fast.model_runner import ModelRunner, RunnerOptions
 from lst_fast.rows import memory_format_of
 from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
-from lst_fast.tuning import (
-    autocast_context,
-    input_grad,
-    resolve_memory_format,
-    resolve_rows_per_call,
-    row_slices,
-    tuned_model,
-    with_autocast,
-)
 from lst_fast.traversal import PathRecorder, TraversalResult, build_result, prepare
 from lst_fast.validation import check_bool
 
@@ -83,8 +75,8 @@ def traverse_batch(
         cuda_graphs: capture one iteration as a CUDA graph and replay it (CUDA tensors only).
         rows_per_call: rows per forward+backward of the model. ``"auto"``: about four 224x224 images' worth
             for convolutional models on CPU, where larger calls are slower per image, else the whole batch
-            (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
-            are independent (the loss is summed), so this changes results only by float rounding.
+            (:func:`lst_fast.model_runner.default_rows_per_call`); None: the whole batch; or a positive int.
+            Rows are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
         schedule: ``"paper"`` (default): ``iters`` steps of ``step_size``, exactly the spec's loop.
             ``"adaptive"``: each row grows its step by ``step_growth`` after an accepted candidate and shrinks
@@ -96,42 +88,41 @@ def traverse_batch(
             growth and shrink 1 it is the paper's loop.
     """
     settings = check_settings(settings, **setting_keywords)
-    check_bool("fold_batchnorm", fold_batchnorm)
+    options = RunnerOptions(normalizer=normalizer, memory_format=memory_format, fold_batchnorm=fold_batchnorm,
+                            precision=precision, rows_per_call=rows_per_call)
     check_bool("cuda_graphs", cuda_graphs)
     if cuda_graphs and settings.schedule != "paper":
         raise ValueError(f"cuda_graphs=True runs the paper's schedule only, got schedule={settings.schedule!r}")
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
-        layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        rows = resolve_rows_per_call(rows_per_call, problem.x0, model)
+        runner = ModelRunner(model, options, problem.x0, graph_capture=cuda_graphs)
+        rows = runner.rows_per_call
         if cuda_graphs and rows is not None and rows < len(problem.x0):
             raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
-        autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
         if len(problem.labels) == 0:  # no valid rows: nothing to traverse
             return build_result(problem, settings, problem.x0, problem.init_conf, problem.labels * 0,
                                 PathRecorder(settings))
-        runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
-        forward = with_autocast(make_forward(runner, normalizer), autocast)
         if settings.schedule == "adaptive":
             x, final_conf, accepted, evaluations, last_step = _run_adaptive(
-                problem, forward, settings, layout, step_backend, progress, rows_per_call=rows
+                problem, runner, settings, step_backend, progress
             )
             return build_result(problem, settings, x, final_conf, accepted, PathRecorder(settings),
                                 evaluations=evaluations, final_step_size=last_step)
         if cuda_graphs:
-            run = functools.partial(run_static, capture=True)
+            x, final_conf, accepted, recorder = run_static(
+                problem, runner.forward, settings, runner.layout, step_backend, progress, capture=True
+            )
         else:
-            run = functools.partial(_run, rows_per_call=rows)
-        x, final_conf, accepted, recorder = run(problem, forward, settings, layout, step_backend, progress)
+            x, final_conf, accepted, recorder = _run(problem, runner, settings, step_backend, progress)
     return build_result(problem, settings, x, final_conf, accepted, recorder)
 
 
-def _run(problem, forward, settings, layout, backend, progress, rows_per_call=None):
+def _run(problem, runner, settings, backend, progress):
     y, p0 = problem.labels, problem.init_conf
-    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
+    evaluate, layout = runner.evaluate, runner.layout
     recorder = PathRecorder(settings)
     accepted = torch.zeros_like(y)
 
@@ -144,7 +135,7 @@ def _run(problem, forward, settings, layout, backend, progress, rows_per_call=No
     probs, grad = evaluate(x, y, need_grad=settings.iters > 0)
     for it in tqdm(range(settings.iters), disable=not progress, desc="LST"):
         if recorder.due(it):
-            recorder.add(it, x, probs, problem, forward=forward, grad=grad)
+            recorder.add(it, x, probs, problem, forward=runner.forward, grad=grad)
         ops.lst_step_(
             x, grad, tgt, delta, cand,
             step_size=settings.step_size, adv_step_size=settings.adv_step_size, backend=backend,
@@ -208,7 +199,7 @@ class _AdaptiveRows:
         return torch.empty_like(t).index_copy_(0, self.order, t)
 
 
-def _run_adaptive(problem, forward, settings, layout, backend, progress, rows_per_call=None):
+def _run_adaptive(problem, runner, settings, backend, progress):
     """The adaptive schedule (``schedule="adaptive"``): per-row step sizes, finished rows leave the model calls.
 
     Rows still running are kept at the front of the buffers (``live`` of them); when rows finish, the first
@@ -219,7 +210,7 @@ def _run_adaptive(problem, forward, settings, layout, backend, progress, rows_pe
     ``iters`` candidates.
     """
     y, p0 = problem.labels.clone(), problem.init_conf.clone()
-    evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
+    evaluate, layout = runner.evaluate, runner.layout
     x = problem.x0.contiguous(memory_format=layout)
     cand = torch.empty_like(x)
     tgt = problem.tgt.contiguous(memory_format=layout)
@@ -283,35 +274,6 @@ def _retire(finished, live: int, rows: _AdaptiveRows, images, vectors, grad):
     if grad is not None:
         grad = grad.index_select(0, keep).contiguous(memory_format=memory_format_of(grad))
     return len(keep), grad
-
-
-def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
-    """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as
-    x), in model calls of at most ``rows_per_call`` rows (None: one call)."""
-    calls = row_slices(len(x), rows_per_call)
-    if len(calls) == 1:
-        return _evaluate_call(forward, x, labels, need_grad=need_grad)
-    probs, grad = [], torch.empty_like(x) if need_grad else None
-    for rows in calls:
-        rows_probs, rows_grad = _evaluate_call(forward, x[rows], labels[rows], need_grad=need_grad)
-        probs.append(rows_probs)
-        if need_grad:
-            grad[rows].copy_(rows_grad)
-    return torch.cat(probs), grad
-
-
-def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool):
-    """One model call of :func:`_evaluate`."""
-    if not need_grad:
-        with torch.no_grad():
-            return probabilities(forward(x)), None
-    x_in = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = forward(x_in)
-        grad = input_grad(logits, labels, x_in)  # loss-scaled for fp16
-    if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
-        grad = grad.contiguous(memory_format=memory_format_of(x))
-    return probabilities(logits), grad
 
 
 def _check_backend(backend: str | None, x: torch.Tensor) -> str:

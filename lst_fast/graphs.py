@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lst_fast import ops
 from lst_fast.classifier import probabilities
 from lst_fast.traversal import PathRecorder
-from lst_fast.tuning import input_grad
+from lst_fast.model_runner import input_grad
 
 WARMUP_ITERS = 3  # eager iterations on a side stream before capture, as CUDA graph capture requires
 
