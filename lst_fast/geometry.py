@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 
 # DEFAULT_BATCH_SIZE and default_batch_size stay public here (lst_fast.geometry.default_batch_size).
-from lst_fast.model_runner import (  # noqa: F401
-    DEFAULT_BATCH_SIZE,
+from lst_fast.model_runner import (
+    DEFAULT_BATCH_SIZE,  # noqa: F401
     Confidences,
     ModelRunner,
     RunnerOptions,

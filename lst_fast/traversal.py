@@ -15,8 +15,8 @@ import torch
 
 from lst_fast.classifier import checked_logits, class_conf, make_forward
 from lst_fast.geometry import widths_along_path
-from lst_fast.settings import TraversalSettings
 from lst_fast.model_runner import is_convolutional
+from lst_fast.settings import TraversalSettings
 from lst_fast.validation import check_class_range, check_generator, check_images, check_labels
 
 
