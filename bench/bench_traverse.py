@@ -4,7 +4,7 @@ Everything is measured in one process, on the same model, batch and inputs, with
 - floor_contiguous: one forward+backward of the caller's model w.r.t. the input (contiguous memory);
 - floor_channels_last: the same with model and input in channels_last;
 - floor_tuned: the same for the model copy the fast path runs (batch norm folded, best memory format,
-  the row's precision), in the fast path's model calls of rows_per_call rows (lst_fast.tuning);
+  the row's precision), in the fast path's model calls of rows_per_call rows (lst_fast.model_runner);
 - reference / fast: per-iteration cost of the two loops, (t(n_long) - t(n_short)) / (n_long - n_short) in each
   interleaved round (set-up costs cancel), median over rounds.
 The fast path's "extra" is fast / floor_tuned - 1: the fraction of each iteration spent outside the
@@ -31,10 +31,10 @@ import torch
 
 import lst_fast
 from bench import harness
-from lst_fast import data, models, reference, tuning
+from lst_fast import data, model_runner, models, reference
 from lst_fast.classifier import input_grad_loss
 from lst_fast.schedules import schedule_named, schedule_names
-from lst_fast.tuning import (
+from lst_fast.model_runner import (
     autocast_context,
     default_rows_per_call,
     resolve_memory_format,
@@ -139,7 +139,7 @@ def measure(setup_args, precision="fp32", cuda_graphs=False, schedule="paper", *
     model, normalizer, srcs, tgts, labels = setup_args
     layout = resolve_memory_format("auto", model)
     tuned = tuned_model(model, srcs[:4], normalizer=normalizer, layout=layout, fold=True)
-    rows = None if cuda_graphs else default_rows_per_call(srcs, tuning.is_convolutional(model))
+    rows = None if cuda_graphs else default_rows_per_call(srcs, model_runner.is_convolutional(model))
     fast = loop_options("fast", precision, cuda_graphs, schedule)
 
     def loop(which, iters, **options):

@@ -1,7 +1,7 @@
 """Calling the caller's classifier: the guard that runs it in eval mode with frozen parameters, the forward
 with its normaliser, checked logits, probabilities and the loss whose input gradient LST follows.
 
-Used by the loops, the tuned model copy, the geometry and the sweep's image selection.
+Used by the loops, the model runner (lst_fast.model_runner) and the sweep's image selection.
 """
 
 from __future__ import annotations
@@ -42,10 +42,20 @@ def model_guard(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def make_forward(model: torch.nn.Module, normalizer) -> Callable[[torch.Tensor], torch.Tensor]:
+def check_normalizer(normalizer):
+    """``normalizer`` as given if it is None or callable.
+
+    Raises:
+        TypeError: it is neither.
+    """
     if normalizer is not None and not callable(normalizer):
         raise TypeError(f"normalizer must be callable (images in [0, 1] -> model input), got {normalizer!r}")
-    if normalizer is None:
+    return normalizer
+
+
+def make_forward(model: torch.nn.Module, normalizer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` applied after ``normalizer`` (None: the model alone); raises TypeError for another normalizer."""
+    if check_normalizer(normalizer) is None:
         return model
     return lambda x: model(normalizer(x))
 

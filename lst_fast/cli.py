@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sweep(commands) -> None:
     from lst_fast.sweep.config import PHASES, SweepConfig
-    from lst_fast.tuning import PRECISIONS
+    from lst_fast.model_runner import PRECISIONS
 
     d = SweepConfig()
     sweep = commands.add_parser(

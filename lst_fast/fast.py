@@ -22,20 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from lst_fast import ops
-from lst_fast.classifier import make_forward, model_guard, probabilities
+from lst_fast.classifier import model_guard
 from lst_fast.graphs import GraphReplay, StaticBuffers
+from lst_fast.model_runner import ModelRunner, RunnerOptions, evaluate
 from lst_fast.rows import memory_format_of
 from lst_fast.schedules import Schedule, schedule_named, schedule_names
 from lst_fast.settings import TraversalSettings, check_settings, with_setting_keywords
-from lst_fast.tuning import (
-    autocast_context,
-    input_grad,
-    resolve_memory_format,
-    resolve_rows_per_call,
-    row_slices,
-    tuned_model,
-    with_autocast,
-)
 from lst_fast.traversal import PathRecorder, Problem, TraversalResult, build_result, prepare
 from lst_fast.validation import check_bool
 
@@ -91,7 +83,7 @@ def traverse_batch(
             shapes only: :func:`lst_fast.schedules.schedule_names` ``(fixed_shapes=True)``, the paper's).
         rows_per_call: rows per forward+backward of the model. ``"auto"``: about four 224x224 images' worth
             for convolutional models on CPU, where larger calls are slower per image, else the whole batch
-            (:func:`lst_fast.tuning.default_rows_per_call`); None: the whole batch; or a positive int. Rows
+            (:func:`lst_fast.model_runner.default_rows_per_call`); None: the whole batch; or a positive int. Rows
             are independent (the loss is summed), so this changes results only by float rounding.
         backend: the step kernel (see :func:`lst_fast.ops.available_backends`); default the fastest here.
         schedule: ``"paper"`` (default): ``iters`` steps of ``step_size``, exactly the spec's loop.
@@ -104,27 +96,25 @@ def traverse_batch(
             growth and shrink 1 it is the paper's loop.
     """
     settings = check_settings(settings, **setting_keywords)
-    check_bool("fold_batchnorm", fold_batchnorm)
+    options = RunnerOptions(normalizer=normalizer, memory_format=memory_format, fold_batchnorm=fold_batchnorm,
+                            precision=precision, rows_per_call=rows_per_call)
     check_bool("cuda_graphs", cuda_graphs)
     mode = "graph" if cuda_graphs else "eager"
     _check_mode(mode, settings)
     if cuda_graphs and not (isinstance(srcs, torch.Tensor) and srcs.device.type == "cuda"):
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
-        layout = resolve_memory_format(memory_format, model)
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
         step_backend = _check_backend(backend, problem.x0)
-        rows = resolve_rows_per_call(rows_per_call, problem.x0, model)
+        runner = ModelRunner(model, options, problem.x0, graph_capture=cuda_graphs)
+        rows = runner.rows_per_call
         if cuda_graphs and rows is not None and rows < len(problem.x0):
             raise ValueError(f"cuda_graphs=True runs the whole batch in one call; got rows_per_call={rows_per_call!r}")
-        autocast = autocast_context(precision, problem.x0.device, cache=not cuda_graphs)
         if len(problem.labels) == 0:  # no valid rows: nothing to traverse
             return build_result(problem, settings, problem.x0, problem.init_conf, problem.labels * 0,
                                 PathRecorder(settings))
-        runner = tuned_model(model, problem.x0[:4], normalizer=normalizer, layout=layout, fold=fold_batchnorm)
-        forward = with_autocast(make_forward(runner, normalizer), autocast)
-        return run_schedule(problem, forward, settings, layout, step_backend, mode=mode, rows_per_call=rows,
-                            progress=progress)
+        return run_schedule(problem, runner.forward, settings, runner.layout, step_backend, mode=mode,
+                            rows_per_call=rows, progress=progress)
 
 
 MODES = ("eager", "static", "graph")
@@ -178,8 +168,8 @@ def run_schedule(
     guard = torch.cuda.device(problem.x0.device) if mode == "graph" else contextlib.nullcontext()
     with guard:
         if mode == "eager":
-            evaluate = functools.partial(_evaluate, forward, rows_per_call=rows_per_call)
-            buffers = _SwapBuffers(problem, evaluate, settings, layout)
+            evaluate_rows = functools.partial(evaluate, forward, rows_per_call=rows_per_call)
+            buffers = _SwapBuffers(problem, evaluate_rows, settings, layout)
         else:
             buffers = StaticBuffers(problem, forward, settings, layout)
         body = functools.partial(_iteration, buffers, schedule, settings, backend)
@@ -329,35 +319,6 @@ def _scaled_step(x, grad, tgt, delta, out, scale: float | torch.Tensor, settings
         scale = first
     ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * scale,
                   adv_step_size=settings.adv_step_size * scale, backend=backend)
-
-
-def _evaluate(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool, rows_per_call: int | None):
-    """Softmax at ``x`` and, if ``need_grad``, the input gradient of the summed cross-entropy (same layout as
-    x), in model calls of at most ``rows_per_call`` rows (None: one call)."""
-    calls = row_slices(len(x), rows_per_call)
-    if len(calls) == 1:
-        return _evaluate_call(forward, x, labels, need_grad=need_grad)
-    probs, grad = [], torch.empty_like(x) if need_grad else None
-    for rows in calls:
-        rows_probs, rows_grad = _evaluate_call(forward, x[rows], labels[rows], need_grad=need_grad)
-        probs.append(rows_probs)
-        if need_grad:
-            grad[rows].copy_(rows_grad)
-    return torch.cat(probs), grad
-
-
-def _evaluate_call(forward, x: torch.Tensor, labels: torch.Tensor, *, need_grad: bool):
-    """One model call of :func:`_evaluate`."""
-    if not need_grad:
-        with torch.no_grad():
-            return probabilities(forward(x)), None
-    x_in = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = forward(x_in)
-        grad = input_grad(logits, labels, x_in)  # loss-scaled for fp16
-    if grad.stride() != x.stride():  # some models hand back another layout; the fused step needs x's
-        grad = grad.contiguous(memory_format=memory_format_of(x))
-    return probabilities(logits), grad
 
 
 def _check_backend(backend: str | None, x: torch.Tensor) -> str:

@@ -7,8 +7,9 @@
   direction (spec section 4); also recorded along a traversal with ``record=("widths",)``.
 
 The original evaluates one triangle (66 points) or one radius of one sample (256 points) per model call.
-Here every model evaluation goes through one chunked evaluator (:mod:`lst_fast.evaluator`) that packs the
-points of many pairs, triangles or samples into model calls of ``batch_size`` points. Grid points that several
+Here every model evaluation goes through the model runner (:meth:`lst_fast.model_runner.ModelRunner.confidences`,
+on the batch-norm-folded channels_last copy of the model that the fast loop runs), which packs the points of
+many pairs, triangles or samples into model calls of ``batch_size`` points. Grid points that several
 triangles share (their source, and the edge towards an output used in several triangles) are evaluated once.
 Tables of these statistics (mean ± std) are made by :mod:`lst_fast.tables`.
 """
@@ -20,8 +21,15 @@ from typing import Sequence
 import torch
 
 # DEFAULT_BATCH_SIZE and default_batch_size stay public here (lst_fast.geometry.default_batch_size).
-from lst_fast.evaluator import DEFAULT_BATCH_SIZE, Confidences, default_batch_size, tuned_evaluator  # noqa: F401
-from lst_fast.rows import memory_format_of, row_dot
+from lst_fast.model_runner import (
+    DEFAULT_BATCH_SIZE,  # noqa: F401
+    Confidences,
+    ModelRunner,
+    RunnerOptions,
+    default_batch_size,
+    guarded_runner,
+)
+from lst_fast.rows import memory_format_of, orthogonal_component_
 from lst_fast.validation import check_generator, check_images, check_labels, check_number, check_radii
 
 FRACTION_DELTAS = (0.0, 0.1, 0.2, 0.3)
@@ -38,6 +46,15 @@ def _check_labels(labels, batch: int, device: torch.device) -> torch.Tensor:
 
 def _check_n(n) -> int:
     return check_number("n", n, minimum=1, integer=True)
+
+
+def _runner_options(normalizer, batch_size, memory_format: str, fold_batchnorm: bool) -> RunnerOptions:
+    """The runner options of a measurement: ``batch_size`` points per model call (None: the default for the
+    device, model and image size, :func:`default_batch_size`)."""
+    rows = "auto" if batch_size is None else check_number("batch_size", batch_size, minimum=1, integer=True)
+    return RunnerOptions(
+        normalizer=normalizer, memory_format=memory_format, fold_batchnorm=fold_batchnorm, rows_per_call=rows
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -80,7 +97,7 @@ def _distinct_images(vertices: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 def _mixture_confidences(
-    evaluate: Confidences, vertices: Sequence[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor
+    runner: ModelRunner, vertices: Sequence[torch.Tensor], weights: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
     """``p(sum_k weights[g, k] * vertices[k][t])[labels[t]]`` for every row t and grid point g: (T, G).
 
@@ -100,15 +117,15 @@ def _mixture_confidences(
     point_weights = unique[:, k + 1 :].to(bank.dtype).view(-1, k, *([1] * (bank.dim() - 1)))
 
     def blocks():
-        for start in range(0, len(unique), evaluate.batch_size):
-            chunk = slice(start, start + evaluate.batch_size)
+        for start in range(0, len(unique), runner.batch_size):
+            chunk = slice(start, start + runner.batch_size)
             ids_, w_ = point_ids[chunk], point_weights[chunk]
             points = w_[:, 0] * bank[ids_[:, 0]]
             for term in range(1, k):
                 points = points + w_[:, term] * bank[ids_[:, term]]
             yield points, point_labels[chunk]
 
-    conf = torch.cat(evaluate(blocks()))
+    conf = torch.cat(runner.confidences(blocks()))
     return conf[point_of].view(rows, grid)
 
 
@@ -139,8 +156,9 @@ def interpolation_conf(
     """
     weights = segment_grid(n)
     srcs, (outs,), labels = _check_pair_inputs(srcs, {"outs": outs}, labels)
-    with tuned_evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
-        return _mixture_confidences(evaluate, [srcs, outs], weights, labels)
+    options = _runner_options(normalizer, batch_size, memory_format, fold_batchnorm)
+    with guarded_runner(model, options, srcs) as runner:
+        return _mixture_confidences(runner, [srcs, outs], weights, labels)
 
 
 def triangle_confidences(
@@ -163,8 +181,9 @@ def triangle_confidences(
     """
     weights = triangle_grid(n)
     srcs, (outs_a, outs_b), labels = _check_pair_inputs(srcs, {"outs_a": outs_a, "outs_b": outs_b}, labels)
-    with tuned_evaluator(model, normalizer, srcs, batch_size, memory_format, fold_batchnorm) as evaluate:
-        return _mixture_confidences(evaluate, [srcs, outs_a, outs_b], weights, labels)
+    options = _runner_options(normalizer, batch_size, memory_format, fold_batchnorm)
+    with guarded_runner(model, options, srcs) as runner:
+        return _mixture_confidences(runner, [srcs, outs_a, outs_b], weights, labels)
 
 
 def _check_deltas(deltas) -> tuple[float, ...]:
@@ -257,12 +276,9 @@ def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str,
 
 
 def orthogonal_direction(x: torch.Tensor, grad: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """The LST direction ``v_perp = v - grad <grad, v> / <grad, grad>``, ``v = tgt - x`` (``v`` where grad = 0)."""
-    v = tgt - x
-    grad_grad = row_dot(grad, grad)
-    nonzero = grad_grad > 0
-    coef = torch.where(nonzero, row_dot(grad, v) / torch.where(nonzero, grad_grad, 1), 0)
-    return v - grad * coef.view(-1, *([1] * (x.dim() - 1)))
+    """The LST direction ``v_perp = v - grad <grad, v> / <grad, grad>``, ``v = tgt - x`` (``v`` where grad = 0),
+    computed as the fast step's PyTorch twin does (:func:`lst_fast.rows.orthogonal_component_`)."""
+    return orthogonal_component_(tgt - x, grad)
 
 
 def random_orthogonal_units(direction: torch.Tensor, num_vecs: int, generator=None) -> torch.Tensor:
@@ -284,9 +300,10 @@ def random_orthogonal_units(direction: torch.Tensor, num_vecs: int, generator=No
     return noise
 
 
-def _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, generator) -> torch.Tensor:
-    """Path widths (B, R+1, 2) of checked inputs; draws the random vectors of every sample in row order."""
-    (at_x,) = evaluate([(x, labels)])
+def _path_width(confidences, x, directions, labels, radii, num_vecs, pthresh, generator) -> torch.Tensor:
+    """Path widths (B, R+1, 2) of checked inputs, ``confidences`` evaluating streams of points (as
+    :meth:`ModelRunner.confidences`); draws the random vectors of every sample in row order."""
+    (at_x,) = confidences([(x, labels)])
     active = (at_x >= pthresh) & (directions.flatten(1).norm(dim=1) > 0)
 
     def blocks():
@@ -296,7 +313,7 @@ def _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, gener
                 for r in radii:
                     yield (x[i] + r * units).clamp_(0, 1), labels[i].expand(num_vecs)
 
-    conf = evaluate(blocks())
+    conf = confidences(blocks())
     widths = torch.zeros(len(x), len(radii) + 1, 2, dtype=x.dtype, device=x.device)
     widths[active, 0] = at_x[active].unsqueeze(1)
     if conf:
@@ -355,8 +372,9 @@ def path_width(
     num_vecs = check_number("num_vecs", num_vecs, minimum=2, integer=True)
     pthresh = check_number("pthresh", pthresh, minimum=0)
     generator = check_generator(generator, x.device)
-    with tuned_evaluator(model, normalizer, x, batch_size, memory_format, fold_batchnorm) as evaluate:
-        return _path_width(evaluate, x, directions, labels, radii, num_vecs, pthresh, generator)
+    options = _runner_options(normalizer, batch_size, memory_format, fold_batchnorm)
+    with guarded_runner(model, options, x) as runner:
+        return _path_width(runner.confidences, x, directions, labels, radii, num_vecs, pthresh, generator)
 
 
 def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem, settings):
@@ -367,8 +385,8 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem, set
     recorded iteration in turn, sample by sample in row order, so both loops draw the same vectors.
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
-    evaluate = Confidences(forward, default_batch_size(x, problem.convolutional), memory_format_of(x))
+    confidences = Confidences(forward, default_batch_size(x, problem.convolutional), memory_format_of(x))
     return _path_width(
-        evaluate, x, direction, problem.labels, settings.width_distances, settings.width_num_vecs, settings.pthresh,
+        confidences, x, direction, problem.labels, settings.width_distances, settings.width_num_vecs, settings.pthresh,
         problem.generator,
     )

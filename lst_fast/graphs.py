@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from lst_fast.classifier import probabilities
-from lst_fast.tuning import input_grad
+from lst_fast.model_runner import input_grad
 
 WARMUP_ITERS = 3  # eager iterations on a side stream before capture, as CUDA graph capture requires
 

@@ -26,7 +26,8 @@ from typing import Callable, Optional
 import torch
 
 from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
-from lst_fast.rows import ROW_ORDERS, row_dot, row_orders, rows  # noqa: F401 (rows: still lst_fast.ops.rows)
+# rows and row_dot stay importable from here (lst_fast.ops.rows, lst_fast.ops.row_dot).
+from lst_fast.rows import ROW_ORDERS, orthogonal_component_, row_dot, row_orders, rows  # noqa: F401
 from lst_fast.validation import check_number
 
 BACKENDS = ("triton", "cuda", "cpp", "torch")
@@ -119,13 +120,7 @@ def lst_step_torch_(x, grad, tgt, delta, out, *, step_size, adv_step_size) -> No
     """
     step_size = _as_row_column("step_size", step_size, x)
     adv_step_size = _as_row_column("adv_step_size", adv_step_size, x)
-    v = torch.sub(tgt, x, out=out)  # v = tgt - x
-    grad_v = row_dot(grad, v)
-    grad_grad = row_dot(grad, grad)
-    # v_perp = v - grad * <grad, v> / <grad, grad>; a zero gradient leaves v unchanged (spec deviation).
-    nonzero = grad_grad > 0
-    coef = torch.where(nonzero, grad_v / torch.where(nonzero, grad_grad, 1), 0)
-    v.addcmul_(grad, coef.neg_().view(-1, *([1] * (x.dim() - 1))))
+    orthogonal_component_(torch.sub(tgt, x, out=out), grad)  # v_perp of v = tgt - x, in out
     out.mul_(step_size).add_(x)  # x + step_size * v_perp
     if delta is not None and isinstance(adv_step_size, torch.Tensor):
         delta.addcmul_(grad, adv_step_size / 2).clamp_(min=-adv_step_size, max=adv_step_size)

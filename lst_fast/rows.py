@@ -1,6 +1,6 @@
 """A batch as rows: which element orders a (B, ...) tensor's rows are dense in, (B, D) views of them, per-row
-dot products, and a 4-d tensor's memory format. Pure helpers on sizes and strides, used every step by the
-fused step (:mod:`lst_fast.ops`), the loops and the geometry."""
+dot products, the per-row orthogonal component built on them, and a 4-d tensor's memory format. Helpers on
+sizes and strides, used every step by the fused step (:mod:`lst_fast.ops`), the loops and the geometry."""
 
 from __future__ import annotations
 
@@ -56,6 +56,26 @@ def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         order = "contiguous" if "contiguous" in common else "channels_last"
         return torch.linalg.vecdot(rows(a, order), rows(b, order))
     return (a * b).flatten(1).sum(1)
+
+
+def orthogonal_component_(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Spec 2.3 in place: ``v - grad <grad, v> / <grad, grad>`` per row, written into ``v``; rows whose gradient
+    is exactly zero keep ``v`` (the documented deviation from the original's NaN). The PyTorch form of the
+    projection in the fused step (its twin, :func:`lst_fast.ops.lst_step_torch_`) and of the geometry's
+    directions; the only temporaries are (B,) vectors.
+
+    Args:
+        v: (B, ...) directions, overwritten.
+        grad: (B, ...) gradients, like ``v``.
+
+    Returns:
+        ``v``.
+    """
+    grad_v = row_dot(grad, v)
+    grad_grad = row_dot(grad, grad)
+    nonzero = grad_grad > 0
+    coef = torch.where(nonzero, grad_v / torch.where(nonzero, grad_grad, 1), 0)
+    return v.addcmul_(grad, coef.neg_().view(-1, *([1] * (v.dim() - 1))))
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:

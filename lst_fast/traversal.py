@@ -15,8 +15,8 @@ import torch
 
 from lst_fast.classifier import checked_logits, class_conf, make_forward
 from lst_fast.geometry import widths_along_path
+from lst_fast.model_runner import is_convolutional
 from lst_fast.settings import TraversalSettings
-from lst_fast.tuning import is_convolutional
 from lst_fast.validation import check_class_range, check_generator, check_images, check_labels
 
 
@@ -73,7 +73,7 @@ class Problem:
     labels: torch.Tensor
     target_labels: torch.Tensor | None
     init_conf: torch.Tensor
-    convolutional: bool  # the model (lst_fast.tuning.is_convolutional): sets the path widths' batch size
+    convolutional: bool  # the model (lst_fast.model_runner.is_convolutional): sets the path widths' batch size
     generator: torch.Generator | None = None  # start-point noise, then the path widths' random directions
 
 

@@ -1,11 +1,11 @@
-"""Batch-norm folding (lst_fast.fusion) and the cached, tuned model copy (lst_fast.tuning)."""
+"""Batch-norm folding (lst_fast.fusion) and the cached, tuned model copy (lst_fast.model_runner)."""
 
 import pytest
 import torch
 from torch import nn
 
 import lst_fast
-from lst_fast import tuning
+from lst_fast import model_runner
 from lst_fast.fusion import fold_batchnorm
 from helpers import tiny_cnn
 
@@ -77,19 +77,19 @@ def test_tuned_copy_is_cached_until_the_weights_change():
     srcs = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=1)
     key = (torch.channels_last, True, torch.float64, srcs.device)
-    first = tuning._cache.get(model, key)
+    first = model_runner._cache.get(model, key)
     assert first is not None and first is not model
     lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=1)
-    assert tuning._cache.get(model, key) is first
+    assert model_runner._cache.get(model, key) is first
     with torch.no_grad():
         model[0].weight.add_(0.1)  # an in-place change of the caller's weights invalidates the copy
-    assert tuning._cache.get(model, key) is None
+    assert model_runner._cache.get(model, key) is None
     result = lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
     expected = lst_fast.reference.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(result.images, expected.images, atol=1e-12, rtol=0)
 
 
 def test_auto_memory_format_follows_the_architecture():
-    assert tuning.resolve_memory_format("auto", tiny_cnn()) == torch.channels_last
+    assert model_runner.resolve_memory_format("auto", tiny_cnn()) == torch.channels_last
     single_conv = nn.Sequential(nn.Conv2d(3, 4, 16, stride=16), nn.Flatten(), nn.LazyLinear(3))
-    assert tuning.resolve_memory_format("auto", single_conv) == torch.contiguous_format
+    assert model_runner.resolve_memory_format("auto", single_conv) == torch.contiguous_format

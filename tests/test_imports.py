@@ -20,8 +20,8 @@ COMPILED = {"lst_fast._C", "lst_fast._C_cuda"}  # pybind11 modules built from cs
 # section says the same in words). "" is lst_fast/__init__.py; "kernels.*" is every module in lst_fast/kernels/.
 LAYERS = [
     ("validation", "rows", "classifier", "fusion", "data", "models", "_extension", "kernels", "testing", "schedules"),
-    ("settings", "tuning", "kernels.*"),
-    ("ops", "evaluator", "metrics"),
+    ("settings", "model_runner", "kernels.*"),
+    ("ops", "metrics"),
     ("geometry",),
     ("traversal", "plots"),
     ("graphs", "reference"),

@@ -19,6 +19,7 @@ import torch
 
 from lst_fast import ops
 from lst_fast.kernels import cuda_step, triton_interpreting
+from lst_fast.rows import orthogonal_component_
 from lst_fast.testing import ADV_STEP_SIZE as ADV
 from lst_fast.testing import expected_step, make_inputs
 
@@ -438,6 +439,23 @@ def test_row_dot_any_layout():
     expected = (a.double() * b.double()).flatten(1).sum(1)
     got = ops.row_dot(a.contiguous(memory_format=torch.channels_last), b)
     assert_close(got, expected, 1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_orthogonal_component_is_the_spec_projection_in_place(channels_last):
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    grad = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    grad[2] = 0
+    if channels_last:
+        v, grad = v.contiguous(memory_format=torch.channels_last), grad.contiguous(memory_format=torch.channels_last)
+    expected = v.clone()
+    for i in range(2):  # spec 2.3 row by row; a zero gradient keeps v (the documented deviation)
+        expected[i] = v[i] - grad[i] * (grad[i] * v[i]).sum() / (grad[i] * grad[i]).sum()
+    got = orthogonal_component_(v, grad)
+    assert got is v  # written into v
+    assert_close(got, expected, 1e-12)
+    assert_close((got * grad).flatten(1).sum(1), torch.zeros(3, dtype=torch.float64), 1e-12)
 
 
 def test_twin_takes_any_layout():

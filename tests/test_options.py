@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lst_fast
-from lst_fast import fast, reference, traversal, tuning
+from lst_fast import fast, model_runner, reference, traversal
 from lst_fast.classifier import input_grad_loss, model_guard
 from lst_fast.settings import check_settings
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
@@ -111,7 +111,7 @@ def test_fp16_loss_scaling_keeps_a_gradient_that_underflows_without_it():
     leaf = x.clone().requires_grad_(True)
     fp32 = torch.autograd.grad(input_grad_loss(model(leaf), labels), leaf)[0]
     assert fp32.abs().max() > 0
-    assert torch.equal(tuning.input_grad(model(leaf), labels, leaf), fp32), "float32 logits: the plain gradient"
+    assert torch.equal(model_runner.input_grad(model(leaf), labels, leaf), fp32), "float32 logits: the plain gradient"
 
     def fp16_logits(leaf):
         with torch.autocast("cpu", dtype=torch.float16):
@@ -119,7 +119,7 @@ def test_fp16_loss_scaling_keeps_a_gradient_that_underflows_without_it():
 
     unscaled = torch.autograd.grad(input_grad_loss(fp16_logits(leaf), labels), leaf)[0]
     assert torch.count_nonzero(unscaled) == 0, "the test needs a gradient that underflows in float16"
-    scaled = tuning.input_grad(fp16_logits(leaf), labels, leaf)
+    scaled = model_runner.input_grad(fp16_logits(leaf), labels, leaf)
     assert scaled.dtype == torch.float32
     # float16 logits (resolution 2^-6 at 30) perturb exp(-30) by up to ~1%; the weights' rounding adds less.
     error = (scaled - fp32).flatten(1).norm(dim=1) / fp32.flatten(1).norm(dim=1)
@@ -160,20 +160,20 @@ def test_rows_per_call_splits_model_calls_without_changing_results(rows_per_call
 
 
 def test_rows_per_call_default_depends_on_device_and_image_size():
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=True) == 4
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 32, 32), convolutional=True) == 196
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=False) is None  # ViTs
-    assert tuning.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta"), convolutional=True) is None
-    assert [(s.start, s.stop) for s in tuning.row_slices(6, 4)] == [(0, 3), (3, 6)]  # even calls, not 4 + 2
-    assert [(s.start, s.stop) for s in tuning.row_slices(8, 3)] == [(0, 2), (2, 5), (5, 8)]
-    assert tuning.row_slices(5, None) == [slice(0, 5)] and tuning.row_slices(5, 9) == [slice(0, 5)]
+    assert model_runner.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=True) == 4
+    assert model_runner.default_rows_per_call(torch.zeros(2, 3, 32, 32), convolutional=True) == 196
+    assert model_runner.default_rows_per_call(torch.zeros(2, 3, 224, 224), convolutional=False) is None  # ViTs
+    assert model_runner.default_rows_per_call(torch.zeros(2, 3, 224, 224, device="meta"), convolutional=True) is None
+    assert [(s.start, s.stop) for s in model_runner.row_slices(6, 4)] == [(0, 3), (3, 6)]  # even calls, not 4 + 2
+    assert [(s.start, s.stop) for s in model_runner.row_slices(8, 3)] == [(0, 2), (2, 5), (5, 8)]
+    assert model_runner.row_slices(5, None) == [slice(0, 5)] and model_runner.row_slices(5, 9) == [slice(0, 5)]
     with pytest.raises(ValueError, match="rows_per_call must be >= 1"):
-        tuning.row_slices(4, 0)
+        model_runner.row_slices(4, 0)
     with pytest.raises(TypeError, match="rows must be an int"):
-        tuning.row_slices(4.0, 2)
+        model_runner.row_slices(4.0, 2)
     with pytest.raises(TypeError, match="x must be a batch tensor"):
-        tuning.default_rows_per_call([1, 2], convolutional=True)
-    assert tuning.is_convolutional(tiny_cnn()) and not tuning.is_convolutional(torch.nn.Conv2d(3, 3, 1))
+        model_runner.default_rows_per_call([1, 2], convolutional=True)
+    assert model_runner.is_convolutional(tiny_cnn()) and not model_runner.is_convolutional(torch.nn.Conv2d(3, 3, 1))
     for bad in (0, -2, 2.0, True, "all"):
         with pytest.raises(ValueError, match="rows_per_call must be"):
             lst_fast.traverse_batch(tiny_cnn(), colour_patches(2), colour_patches(2), rows_per_call=bad)

@@ -10,7 +10,7 @@ from lst_fast.data import parse_data_spec
 from lst_fast.models import file_sha256
 from lst_fast.schedules import schedule_named
 from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings
-from lst_fast.tuning import PRECISIONS
+from lst_fast.model_runner import PRECISIONS
 from lst_fast.validation import check_bool, check_number
 
 PHASES = ("all", "traverse", "triangles")
