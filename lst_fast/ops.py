@@ -3,7 +3,9 @@
 ``lst_step_`` is what the fast loop calls every iteration: it writes the candidate into a buffer that the
 caller owns and updates the correction buffer in place, so no memory is allocated per iteration.
 ``lst_step`` is the functional form. ``lst_step_torch_`` is the pure-PyTorch twin that every kernel is
-tested against. Backends (``available_backends`` lists those that run here, the default first):
+tested against. Step sizes are floats or per-row tensors (the adaptive schedule) on every backend.
+Backends, one record each in ``BACKEND_REGISTRY`` (``available_backends`` lists those that run here, the
+default first; ``check_backend`` resolves and checks a choice):
 
 * ``"triton"``: Triton, on GPU (on CPU only under ``TRITON_INTERPRET=1``, for tests);
 * ``"cuda"``: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found at install time);
@@ -97,16 +99,24 @@ def _twin_kernel(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size,
 
 _HALF = (torch.float16, torch.bfloat16)
 BACKEND_REGISTRY: tuple[BackendInfo, ...] = (
-    BackendInfo("triton", 3, ("cuda", "cpu"), (torch.float32, *_HALF), _triton_reason,
-                lambda: _triton_step().lst_step_triton_, interpreted_on=("cpu",)),
-    BackendInfo("cuda", 2, ("cuda",), (torch.float32, torch.float64, *_HALF),
-                lambda device: cuda_step.unavailable_reason(), lambda: cuda_step.lst_step_cuda_),
-    BackendInfo("cpp", 1, ("cpu",), (torch.float32, torch.float64), lambda device: cpp_step.unavailable_reason(),
-                lambda: cpp_step.lst_step_cpp_),
-    BackendInfo("torch", 0, None, None, lambda device: "", lambda: _twin_kernel, dense_rows=False),
+    BackendInfo(name="triton", priority=3, devices=("cuda", "cpu"), dtypes=(torch.float32, *_HALF),
+                runtime_reason=_triton_reason, load_kernel=lambda: _triton_step().lst_step_triton_,
+                interpreted_on=("cpu",)),
+    BackendInfo(name="cuda", priority=2, devices=("cuda",), dtypes=(torch.float32, torch.float64, *_HALF),
+                runtime_reason=lambda device: cuda_step.unavailable_reason(),
+                load_kernel=lambda: cuda_step.lst_step_cuda_),
+    BackendInfo(name="cpp", priority=1, devices=("cpu",), dtypes=(torch.float32, torch.float64),
+                runtime_reason=lambda device: cpp_step.unavailable_reason(),
+                load_kernel=lambda: cpp_step.lst_step_cpp_),
+    BackendInfo(name="torch", priority=0, devices=None, dtypes=None, runtime_reason=lambda device: "",
+                load_kernel=lambda: _twin_kernel, dense_rows=False),
 )
 BACKENDS = tuple(info.name for info in BACKEND_REGISTRY)
-_BY_NAME = {info.name: info for info in BACKEND_REGISTRY}
+
+
+def backend_info(name: str) -> BackendInfo | None:
+    """The record of backend ``name`` in :data:`BACKEND_REGISTRY`, or None if there is none."""
+    return next((info for info in BACKEND_REGISTRY if info.name == name), None)
 
 
 def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:
@@ -184,11 +194,13 @@ def check_backend(backend: str | None, device: torch.device | str, dtype: torch.
     available = _available(device, dtype)
     if backend is None:
         return available[0]
-    if not isinstance(backend, str) or backend not in _BY_NAME:
-        raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+    info = backend_info(backend) if isinstance(backend, str) else None
+    if info is None:
+        names = tuple(record.name for record in BACKEND_REGISTRY)
+        raise ValueError(f"backend must be None or one of {names}, got {backend!r}")
     if backend not in available:
         what = f"{dtype} on {device}" if dtype is not None else f"on {device}"
-        why = _BY_NAME[backend].unavailable_reason(device, dtype)
+        why = info.unavailable_reason(device, dtype)
         raise ValueError(f"backend {backend!r} cannot run {what} here ({why}); backend must be one of "
                          f"{list(available)} there, or None for the fastest")
     return backend
@@ -256,7 +268,7 @@ def _plan_step(x, grad, tgt, delta, out, backend: str) -> Callable[..., None]:
         return _nothing_to_do
     tensors = {"x": x, "grad": grad, "tgt": tgt, "out": out} | ({} if delta is None else {"delta": delta})
     _check_no_overlap(tensors)
-    info = _BY_NAME[backend]
+    info = backend_info(backend)
     if info.dense_rows:
         _check_common_row_order(tensors, backend)
     kernel, n_rows, row_len = info.load_kernel(), x.shape[0], x.numel() // x.shape[0]
@@ -352,8 +364,10 @@ def _check_tensors(x, grad, tgt, delta, out) -> None:
     for name, t in named.items():
         torch._check_value(t.shape == x.shape, lambda: (
             f"{name} has shape {tuple(t.shape)}, expected the shape of x {tuple(x.shape)}"))
-        torch._check_type(t.dtype == x.dtype, lambda: f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})")
-        torch._check_value(t.device == x.device, lambda: f"{name} is on {t.device}, expected the device of x ({x.device})")
+        torch._check_type(t.dtype == x.dtype, lambda: (
+            f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})"))
+        torch._check_value(t.device == x.device, lambda: (
+            f"{name} is on {t.device}, expected the device of x ({x.device})"))
 
 
 def _check_row_sizes(name: str, sizes: torch.Tensor, x: torch.Tensor, *, alternative: str) -> torch.Tensor:
@@ -493,12 +507,12 @@ def _check_op(x, grad, tgt, delta, out, step_size, adv_step_size, backend, row_s
     return step, adv, check_backend(backend, x.device, x.dtype)
 
 
-def _check_op_size(name: str, size, rows_name: str, rows, x: torch.Tensor, *, strict: bool):
-    if rows is None:
+def _check_op_size(name: str, size, per_row_name: str, per_row, x: torch.Tensor, *, strict: bool):
+    if per_row is None:
         return check_number(name, size, minimum=0, strict=strict)
     torch._check_value(size == 0, lambda: (
-        f"{name} must be 0 when {rows_name} is given (the per-row values replace it), got {size!r}"))
-    return _check_row_sizes(rows_name, rows, x, alternative="None")
+        f"{name} must be 0 when {per_row_name} is given (the per-row values replace it), got {size!r}"))
+    return _check_row_sizes(per_row_name, per_row, x, alternative="None")
 
 
 @torch.library.custom_op("lst_fast::lst_step_", mutates_args=("delta", "out"))

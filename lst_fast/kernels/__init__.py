@@ -8,7 +8,8 @@ adv_step_size)``. The launcher indexes each tensor ``t`` as ``t.data_ptr() + row
 contiguous or all channels_last), that ``out`` overlaps no input, and that the current CUDA device is the
 tensors' device. ``delta`` None means the correction is off. ``step_size`` and ``adv_step_size`` are each a
 float (every row) or an ``(n_rows,)`` floating-point tensor on the rows' device (one value per row; the
-compiled kernels read it as float64, see :func:`row_values`). The launcher writes the candidate into ``out`` and updates ``delta`` in place.
+compiled kernels read it as float64, see :func:`row_values`). The launcher writes the candidate into ``out``
+and updates ``delta`` in place.
 
 * :mod:`lst_fast.kernels.cpp_step`: C++/OpenMP on the CPU (``lst_fast._C``);
 * :mod:`lst_fast.kernels.cuda_step`: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found);
