@@ -2,8 +2,8 @@
 
 Every backend module offers ``unavailable_reason`` ('' when its kernel can run here, else why not, e.g. the
 extension was not built; the Triton module's takes the device; which devices and dtypes each backend takes
-is declared in its record in ``lst_fast.ops.BACKEND_REGISTRY``) and a launcher ``(x, grad, tgt, delta, out, n_rows, row_len, step_size,
-adv_step_size)``. The launcher indexes each tensor ``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for
+is declared in its record in ``lst_fast.ops.BACKEND_REGISTRY``) and a launcher ``(x, grad, tgt, delta, out,
+n_rows, row_len, step_size, adv_step_size)``. The launcher indexes each tensor ``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for
 ``i < row_len``: the caller guarantees dense rows that store their elements in one common order (all
 contiguous or all channels_last), that ``out`` overlaps no input, and that the current CUDA device is the
 tensors' device. ``delta`` None means the correction is off. ``step_size`` and ``adv_step_size`` are each a
