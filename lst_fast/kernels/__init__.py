@@ -1,15 +1,15 @@
 """Kernel backends of the fused LST step (see :mod:`lst_fast.ops`, which checks arguments and dispatches).
 
-Every backend module offers ``unavailable_reason`` ('' when its kernel can run here, else why not, e.g. the
-extension was not built; the Triton module's takes the device; which devices and dtypes each backend takes
-is declared in its record in ``lst_fast.ops.BACKEND_REGISTRY``) and a launcher ``(x, grad, tgt, delta, out,
-n_rows, row_len, step_size, adv_step_size)``. The launcher indexes each tensor ``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for
-``i < row_len``: the caller guarantees dense rows that store their elements in one common order (all
-contiguous or all channels_last), that ``out`` overlaps no input, and that the current CUDA device is the
-tensors' device. ``delta`` None means the correction is off. ``step_size`` and ``adv_step_size`` are each a
-float (every row) or an ``(n_rows,)`` floating-point tensor on the rows' device (one value per row; the
-compiled kernels read it as float64, see :func:`row_values`). The launcher writes the candidate into ``out``
-and updates ``delta`` in place.
+Every backend module offers ``unavailable_reason`` ('' when its kernel can run here, else why not, e.g.
+the extension was not built; the Triton module's takes the device; which devices and dtypes each backend
+takes is declared in its record in ``lst_fast.ops.BACKEND_REGISTRY``) and a launcher
+``(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size)``. The launcher indexes each tensor
+``t`` as ``t.data_ptr() + row * t.stride(0) + i`` for ``i < row_len``: the caller guarantees dense rows that
+store their elements in one common order (all contiguous or all channels_last), that ``out`` overlaps no
+input, and that the current CUDA device is the tensors' device. ``delta`` None means the correction is off.
+``step_size`` and ``adv_step_size`` are each a float (every row) or an ``(n_rows,)`` floating-point tensor on
+the rows' device (one value per row; the compiled kernels read it as float64, see :func:`row_values`). The
+launcher writes the candidate into ``out`` and updates ``delta`` in place.
 
 * :mod:`lst_fast.kernels.cpp_step`: C++/OpenMP on the CPU (``lst_fast._C``);
 * :mod:`lst_fast.kernels.cuda_step`: CUDA C++ (``lst_fast._C_cuda``, built when nvcc is found);
