@@ -8,7 +8,8 @@
 //   delta = clamp(delta + adv_step_size / 2 * grad, -adv_step_size, adv_step_size)
 //           (in place; skipped when delta.data == 0, i.e. the correction is off)
 //   out   = clamp(x + step_size * v_perp - delta, 0, 1)
-// `out` may not alias the inputs.
+// `out` may not alias the inputs. step_size and adv_step_size are one value for every row, or per row (the
+// adaptive schedule's rows of different scales): row b then uses element b of a float64 array.
 //
 // The kernel ABI: one StepArgs (plus CudaLaunch for the GPU) crosses from Python to C++ and CUDA. Python builds
 // it in one place, lst_fast/kernels/__init__.py (step_args); csrc/step_args_binding.h binds it for both modules.
@@ -38,8 +39,13 @@ struct StepArgs {
   RowTensor out;
   int64_t n_rows = 0;
   int64_t row_len = 0;
-  double step_size = 0.0;
-  double adv_step_size = 0.0;
+  double step_size = 0.0;      // every row's step size, unless row_step_sizes is given
+  double adv_step_size = 0.0;  // every row's correction size, unless row_adv_step_sizes is given
+  // Per-row sizes: the address of n_rows contiguous doubles (in device memory for CUDA), or 0 for the scalar
+  // above. float64 whatever the rows' dtype, so the sizes are exact and each kernel rounds them as it rounds
+  // the scalars (to the rows' dtype on CPU, to the accumulation type on GPUs).
+  std::uintptr_t row_step_sizes = 0;
+  std::uintptr_t row_adv_step_sizes = 0;
 };
 
 // CPU (C++/OpenMP): float32 and float64 (throws std::invalid_argument for other dtypes); reductions

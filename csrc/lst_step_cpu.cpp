@@ -72,7 +72,13 @@ void row_update(const scalar_t* x, const scalar_t* g, const scalar_t* t, scalar_
 
 inline double projection_coef(const Dots& d) { return d.grad_grad > 0.0 ? d.grad_v / d.grad_grad : 0.0; }
 
-// The step's arguments with typed pointers and the step sizes in scalar_t.
+// One row's step sizes in scalar_t, rounded from double as the PyTorch twin rounds them to the rows' dtype.
+template <typename scalar_t>
+struct RowSizes {
+  scalar_t step, half_a, a;
+};
+
+// The step's arguments with typed pointers.
 template <typename scalar_t>
 struct TypedStep {
   const scalar_t* x;
@@ -86,16 +92,24 @@ struct TypedStep {
   scalar_t* out;
   int64_t out_stride;
   int64_t row_len;
-  scalar_t step, half_a, a;
+  double step_size, adv_step_size;
+  const double* row_step_sizes;      // nullptr: step_size in every row
+  const double* row_adv_step_sizes;  // nullptr: adv_step_size in every row
 
+  RowSizes<scalar_t> sizes(int64_t b) const {
+    const double step = row_step_sizes == nullptr ? step_size : row_step_sizes[b];
+    const double adv = row_adv_step_sizes == nullptr ? adv_step_size : row_adv_step_sizes[b];
+    return {static_cast<scalar_t>(step), static_cast<scalar_t>(adv / 2.0), static_cast<scalar_t>(adv)};
+  }
   // Both passes over elements [begin, end) of row b, given the row's projection coefficient.
   Dots dots(int64_t b, int64_t begin, int64_t end) const {
     return row_dots(x + b * x_stride, grad + b * grad_stride, tgt + b * tgt_stride, begin, end);
   }
   void update(int64_t b, int64_t begin, int64_t end, double coef) const {
+    const RowSizes<scalar_t> s = sizes(b);
     row_update(x + b * x_stride, grad + b * grad_stride, tgt + b * tgt_stride,
                delta == nullptr ? nullptr : delta + b * delta_stride, out + b * out_stride, begin, end,
-               static_cast<scalar_t>(coef), step, half_a, a);
+               static_cast<scalar_t>(coef), s.step, s.half_a, s.a);
   }
 };
 
@@ -167,9 +181,10 @@ void step(const StepArgs& s) {
                                  typed<scalar_t>(s.out),
                                  s.out.row_stride,
                                  s.row_len,
-                                 static_cast<scalar_t>(s.step_size),
-                                 static_cast<scalar_t>(s.adv_step_size / 2.0),
-                                 static_cast<scalar_t>(s.adv_step_size)};
+                                 s.step_size,
+                                 s.adv_step_size,
+                                 reinterpret_cast<const double*>(s.row_step_sizes),
+                                 reinterpret_cast<const double*>(s.row_adv_step_sizes)};
   const int64_t threads = max_threads();
   if (threads == 1 || s.row_len < kSplitRowLen || s.n_rows * s.row_len < kMinParallelElements ||
       whole_rows_balance(s.n_rows, threads)) {

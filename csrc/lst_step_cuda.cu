@@ -12,6 +12,7 @@
 //    group re-reads x, grad and tgt, from the L2 cache when the group fits there. The grouping is planned once
 //    per device and shape (split_plan), so a step makes no device queries after the first.
 // Loads are converted to acc_t (float, or double for double inputs); results are stored in the input type.
+// Per-row step sizes (StepArgs::row_step_sizes) are read once per block and rounded to acc_t like the scalars.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -86,7 +87,22 @@ struct Args {
   int64_t sx, sg, st, sd, so;  // row strides in elements
   int64_t row_len;
   double step, adv;
+  const double* row_steps;  // nullptr: step in every row
+  const double* row_advs;   // nullptr: adv in every row
 };
+
+// One row's step sizes in acc_t (a block reads them once per row).
+template <typename acc_t>
+struct RowSizes {
+  acc_t step, half_adv, adv;
+};
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ RowSizes<acc_t> row_sizes(const Args<T>& a, int64_t row) {
+  const double step = a.row_steps == nullptr ? a.step : a.row_steps[row];
+  const double adv = a.row_advs == nullptr ? a.adv : a.row_advs[row];
+  return {static_cast<acc_t>(step), static_cast<acc_t>(adv / 2), static_cast<acc_t>(adv)};
+}
 
 // Sum of (a, b) over a thread block of THREADS threads; the result is valid in every thread.
 template <int THREADS, typename acc_t>
@@ -118,14 +134,13 @@ __device__ __forceinline__ acc_t projection_coef(acc_t grad_v, acc_t grad_grad) 
 
 // Elementwise part of the step for element i of a row; updates delta in place when the correction is on.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void update_element(const Args<T>& a, int64_t row, int64_t i, acc_t x, acc_t g,
-                                               acc_t t, acc_t coef) {
+__device__ __forceinline__ void update_element(const Args<T>& a, const RowSizes<acc_t>& s, int64_t row, int64_t i,
+                                               acc_t x, acc_t g, acc_t t, acc_t coef) {
   const acc_t v_perp = (t - x) - g * coef;
-  acc_t c = x + static_cast<acc_t>(a.step) * v_perp;
+  acc_t c = x + s.step * v_perp;
   if (a.delta != nullptr) {
-    const acc_t adv = static_cast<acc_t>(a.adv);
     T* d = a.delta + row * a.sd + i;
-    const acc_t new_d = clamp(load<acc_t>(d) + static_cast<acc_t>(a.adv / 2) * g, -adv, adv);
+    const acc_t new_d = clamp(load<acc_t>(d) + s.half_adv * g, -s.adv, s.adv);
     *d = store_as<T>(new_d);
     c -= new_d;
   }
@@ -151,10 +166,11 @@ __global__ void __launch_bounds__(THREADS) row_step_kernel(Args<T> a) {
   }
   block_sum2<THREADS>(grad_v, grad_grad);
   const acc_t coef = projection_coef(grad_v, grad_grad);
+  const RowSizes<acc_t> sizes = row_sizes<T, acc_t>(a, row);
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
     const int64_t i = int64_t{k} * THREADS + threadIdx.x;
-    if (i < a.row_len) update_element(a, row, i, xs[k], gs[k], ts[k], coef);
+    if (i < a.row_len) update_element(a, sizes, row, i, xs[k], gs[k], ts[k], coef);
   }
 }
 
@@ -195,12 +211,13 @@ __global__ void __launch_bounds__(kThreads) split_update_kernel(Args<T> a, int64
     grad_grad += partials[(row * n_chunks + c) * 2 + 1];
   }
   const acc_t coef = static_cast<acc_t>(projection_coef(grad_v, grad_grad));
+  const RowSizes<acc_t> sizes = row_sizes<T, acc_t>(a, row);
   const int64_t begin = int64_t{blockIdx.x} * kSplitChunk;
 #pragma unroll
   for (int k = 0; k < kSplitItems; ++k) {
     const int64_t i = begin + int64_t{k} * kThreads + threadIdx.x;
     if (i < a.row_len) {
-      update_element(a, row, i, load<acc_t>(a.x + row * a.sx + i), load<acc_t>(a.grad + row * a.sg + i),
+      update_element(a, sizes, row, i, load<acc_t>(a.x + row * a.sx + i), load<acc_t>(a.grad + row * a.sg + i),
                      load<acc_t>(a.tgt + row * a.st + i), coef);
     }
   }
@@ -285,13 +302,21 @@ int64_t lst_step_cuda_workspace(int64_t n_rows, int64_t row_len) {
 void lst_step_cuda(const StepArgs& s, const CudaLaunch& launch) {
   auto run = [&](auto* type_tag) {
     using T = std::remove_pointer_t<decltype(type_tag)>;
-    const Args<T> a{reinterpret_cast<const T*>(s.x.data), reinterpret_cast<const T*>(s.grad.data),
-                    reinterpret_cast<const T*>(s.tgt.data), reinterpret_cast<T*>(s.delta.data),
-                    reinterpret_cast<T*>(s.out.data),       s.x.row_stride,
-                    s.grad.row_stride,                      s.tgt.row_stride,
-                    s.delta.row_stride,                     s.out.row_stride,
-                    s.row_len,                              s.step_size,
-                    s.adv_step_size};
+    const Args<T> a{reinterpret_cast<const T*>(s.x.data),
+                    reinterpret_cast<const T*>(s.grad.data),
+                    reinterpret_cast<const T*>(s.tgt.data),
+                    reinterpret_cast<T*>(s.delta.data),
+                    reinterpret_cast<T*>(s.out.data),
+                    s.x.row_stride,
+                    s.grad.row_stride,
+                    s.tgt.row_stride,
+                    s.delta.row_stride,
+                    s.out.row_stride,
+                    s.row_len,
+                    s.step_size,
+                    s.adv_step_size,
+                    reinterpret_cast<const double*>(s.row_step_sizes),
+                    reinterpret_cast<const double*>(s.row_adv_step_sizes)};
     step<T>(a, s.n_rows, reinterpret_cast<double*>(launch.workspace), launch.plan,
             reinterpret_cast<cudaStream_t>(launch.stream));
   };

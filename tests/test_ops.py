@@ -155,6 +155,116 @@ def test_rows_sliced_from_a_larger_batch(device, backend):
     assert torch.count_nonzero(out_storage[1::2]) == 0, "rows between the views must not be written"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Per-row step sizes (the adaptive schedule's rows of different scales)
+
+# Every backend with every dtype of float32 and float64 it runs here.
+ROW_CASES = [on_device(device, backend, dtype) for device in DEVICES for dtype in (torch.float32, torch.float64)
+             for backend in ops.available_backends(device, dtype)]
+# Per-row step and correction sizes, each alone, and per-row steps with the correction off.
+ROW_SIZES = {"both": (True, True), "step": (True, False), "correction": (False, True), "no_correction": (True, None)}
+
+
+def row_scales(n: int, device) -> torch.Tensor:
+    """Distinct per-row scales (float64, as the adaptive schedule keeps them)."""
+    return torch.linspace(0.5, 2.0, n, dtype=torch.float64, device=device)
+
+
+def sizes_for(kind: str, n: int, device, step: float = STEP, adv: float = ADV):
+    """``(step_size, adv_step_size)`` of case ``kind`` of ROW_SIZES: per-row tensors or floats."""
+    step_rows, adv_rows = ROW_SIZES[kind]
+    scale = row_scales(n, device)
+    return step * scale if step_rows else step, 0.0 if adv_rows is None else adv * scale if adv_rows else adv
+
+
+def expected_rows(x, grad, tgt, delta, step_size, adv_step_size):
+    """The spec's step (float64) of each row alone with its own sizes as floats: what per-row sizes mean."""
+    def size(value, b):
+        return value[b].item() if isinstance(value, torch.Tensor) else value
+
+    steps = [expected_step(x[b:b + 1], grad[b:b + 1], tgt[b:b + 1], None if delta is None else delta[b:b + 1],
+                           size(step_size, b), size(adv_step_size, b)) for b in range(len(x))]
+    return torch.cat([cand for cand, _ in steps]), torch.cat([new_delta for _, new_delta in steps])
+
+
+@pytest.mark.parametrize("device,backend,dtype", ROW_CASES)
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (4, 3, 32, 32), (1, 3, 128, 128), (3, 3, 77, 75)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", list(ROW_SIZES))
+def test_per_row_sizes_match_spec_and_twin(device, backend, dtype, shape, kind):
+    """Per-row sizes on every launch plan (one block per row; long rows split across threads or blocks)."""
+    x, grad, tgt, delta = make_inputs(shape, dtype=dtype, device=device)
+    step, adv = sizes_for(kind, shape[0], device)
+    exp_cand, exp_delta = expected_rows(x, grad, tgt, delta, step, adv)
+
+    delta_buf, out = delta.clone(), torch.empty_like(x)
+    ops.lst_step_(x, grad, tgt, delta_buf, out, step_size=step, adv_step_size=adv, backend=backend)
+    assert_close(out, exp_cand, tolerance(dtype))
+    assert_close(delta_buf, exp_delta, tolerance(dtype))
+    if kind == "no_correction":
+        assert torch.equal(delta_buf, delta), "with the correction off delta must stay untouched"
+
+    twin_delta, twin_out = delta.clone(), torch.empty_like(x)
+    ops.lst_step_torch_(x, grad, tgt, twin_delta, twin_out, step_size=step, adv_step_size=adv)
+    assert_close(out, twin_out, 2e-6 if dtype == torch.float32 else 1e-12)
+    assert_close(delta_buf, twin_delta, 1e-9 if dtype == torch.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("device,backend,dtype", ROW_CASES)
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (3, 3, 77, 75)], ids=["short_rows", "long_rows"])
+def test_equal_per_row_sizes_give_the_scalar_step(device, backend, dtype, shape):
+    """Per-row sizes that are all equal reproduce the scalar step bit for bit (both forms)."""
+    x, grad, tgt, delta = make_inputs(shape, dtype=dtype, device=device)
+    ones = torch.ones(shape[0], dtype=torch.float64, device=device)
+    scalar = ops.lst_step(x, grad, tgt, delta, step_size=STEP, adv_step_size=ADV, backend=backend)
+    per_row = ops.lst_step(x, grad, tgt, delta, step_size=STEP * ones, adv_step_size=ADV * ones, backend=backend)
+    assert torch.equal(per_row[0], scalar[0]) and torch.equal(per_row[1], scalar[1])
+    delta_buf, out = delta.clone(), torch.empty_like(x)
+    ops.lst_step_(x, grad, tgt, delta_buf, out, step_size=STEP * ones, adv_step_size=ADV, backend=backend)
+    assert torch.equal(out, scalar[0]) and torch.equal(delta_buf, scalar[1])
+
+
+@pytest.mark.parametrize("device,backend", BACKEND_CASES)
+def test_fast_loop_pattern_with_new_per_row_sizes_every_step(device, backend):
+    """As the adaptive loop calls it: the same buffers, new per-row sizes (fresh tensors) at every step; the
+    remembered checks must not keep the first step's sizes."""
+    x, grad, tgt, delta = make_inputs((3, 3, 8, 8), device=device)
+    exp_x, exp_delta = x.clone(), delta.clone()
+    cand = torch.empty_like(x)
+    scale = row_scales(3, device)
+    for it in range(3):
+        scale = torch.where(torch.arange(3, device=device) == it, scale * 1.5, scale)  # rows grow at different times
+        ops.lst_step_(x, grad, tgt, delta, cand, step_size=STEP / 4 * scale, adv_step_size=ADV * scale,
+                      backend=backend)
+        exp_x, exp_delta = expected_rows(exp_x, grad, tgt, exp_delta, STEP / 4 * scale, ADV * scale)
+        assert_close(cand, exp_x, 4 * tolerance(x.dtype))
+        assert_close(delta, exp_delta, tolerance(x.dtype))
+        x, cand = cand, x
+
+
+@pytest.mark.parametrize("name", ["step_size", "adv_step_size"])
+@pytest.mark.parametrize(
+    "sizes,error,match",
+    [
+        (torch.full((3,), 0.1), ValueError, r"must be a float or a \(2,\) tensor of per-row values, got shape \(3,\)"),
+        (torch.full((2, 1), 0.1), ValueError, r"must be a float or a \(2,\) tensor .*, got shape \(2, 1\)"),
+        (torch.ones(2, dtype=torch.int64), TypeError, r"must be a float or a \(2,\) tensor .*got dtype torch.int64"),
+        (torch.full((2,), 0.1, device="meta"), ValueError, r"is on meta, expected the device of x \(cpu\)"),
+    ],
+    ids=["too_many_rows", "a_column", "integers", "another_device"],
+)
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_bad_per_row_sizes_are_named(backend, name, sizes, error, match):
+    args = _args(backend=backend)
+    good = dict(step_size=torch.full((2,), STEP), adv_step_size=torch.full((2,), ADV))
+    _step(dict(args, **good))  # remembered checks of good per-row sizes must not hide the bad ones
+    with pytest.raises(error, match=f"^{name} {match}"):
+        _step(dict(args, **{name: sizes}))
+    with pytest.raises(error, match=f"^{name} {match}"):
+        ops.lst_step(args["x"], args["grad"], args["tgt"], args["delta"], **dict(good, **{name: sizes}),
+                     backend=backend)
+
+
 # Half precision. Flash-attention's rule: a kernel's error against a float64 computation (on the same rounded
 # inputs) is at most twice the error of the PyTorch twin run in the same low precision; and at most a few units
 # of the output dtype's resolution. The inputs make both terms of the step large next to that resolution: a
@@ -183,18 +293,22 @@ def max_error(got, expected) -> float:
 
 @pytest.mark.parametrize("device,backend,dtype", HALF_CASES)
 @pytest.mark.parametrize("shape", [(4, 3, 32, 32), (3, 3, 224, 224)], ids=["cifar", "imagenet"])
-def test_half_precision(device, backend, dtype, shape):
+@pytest.mark.parametrize("kind", ["scalar", "per_row"])
+def test_half_precision(device, backend, dtype, shape, kind):
+    """Per-row sizes scale the rows' steps and corrections by 0.5 to 2 (bounds of 0.05 to 0.2)."""
     x, grad, tgt, delta = half_inputs(shape, dtype, device)
-    exp_cand, exp_delta = expected_step(x, grad, tgt, delta, STEP, HALF_ADV)
+    step, adv = (STEP, HALF_ADV) if kind == "scalar" else sizes_for("both", shape[0], device, STEP, HALF_ADV)
+    exp_cand, exp_delta = expected_rows(x, grad, tgt, delta, step, adv)
     eps = torch.finfo(dtype).eps  # the spacing of values in [1, 2); candidates lie in [0, 1]
     # The test can fail: a kernel without the projection, or without the correction, is far outside it.
-    no_projection = torch.clamp(x.double() + STEP * (tgt.double() - x.double()) - exp_delta, 0, 1)
-    no_correction, _ = expected_step(x, grad, tgt, None, STEP, 0.0)
+    step_column = step.view(-1, 1, 1, 1) if isinstance(step, torch.Tensor) else step
+    no_projection = torch.clamp(x.double() + step_column * (tgt.double() - x.double()) - exp_delta, 0, 1)
+    no_correction, _ = expected_rows(x, grad, tgt, None, step, 0.0)
     assert min(max_error(no_projection, exp_cand), max_error(no_correction, exp_cand)) > 4 * (2 * eps)
 
-    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=STEP, adv_step_size=HALF_ADV, backend=backend)
+    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=step, adv_step_size=adv, backend=backend)
     twin_delta, twin_cand = delta.clone(), torch.empty_like(x)
-    ops.lst_step_torch_(x, grad, tgt, twin_delta, twin_cand, step_size=STEP, adv_step_size=HALF_ADV)
+    ops.lst_step_torch_(x, grad, tgt, twin_delta, twin_cand, step_size=step, adv_step_size=adv)
     assert cand.dtype == dtype and new_delta.dtype == dtype
     cand_error, twin_cand_error = max_error(cand, exp_cand), max_error(twin_cand, exp_cand)
     assert cand_error <= 2 * twin_cand_error and cand_error <= 2 * eps, (cand_error, twin_cand_error, eps)
@@ -288,13 +402,15 @@ TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "b
 
 def _triton_signature(kernel, dtype: torch.dtype) -> dict[str, str]:
     """Argument types as Triton's ahead-of-time compiler wants them: tensors of ``dtype`` (the partial sums
-    are float32), float scalars for the step sizes, int32 for sizes and strides."""
+    are float32, per-row step sizes float64), float scalars for the step sizes, int32 for sizes and strides."""
     types = {}
     for param in kernel.params:
         if param.is_constexpr:
             types[param.name] = "constexpr"
         elif param.name == "part_ptr":
             types[param.name] = "*fp32"
+        elif param.name in ("steps_ptr", "advs_ptr"):
+            types[param.name] = "*fp64"
         elif param.name.endswith("_ptr"):
             types[param.name] = "*" + TRITON_TYPES[dtype]
         else:
@@ -305,7 +421,7 @@ def _triton_signature(kernel, dtype: torch.dtype) -> dict[str, str]:
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_kernels_compile_for_gpus(arch):
     """The Triton kernels compile to cubins for Ampere and Hopper without a GPU (the interpreter does not
-    check what the GPU compiler does), for every dtype and both launch plans."""
+    check what the GPU compiler does), for every dtype, both launch plans and per-row or scalar sizes."""
     if triton_interpreting():
         pytest.skip("the interpreter replaces the compiler")
     triton = pytest.importorskip("triton", reason="triton is not installed")
@@ -314,11 +430,14 @@ def test_triton_kernels_compile_for_gpus(arch):
 
     from lst_fast.kernels import triton_step
 
+    scalar, per_row = {"ROW_STEPS": False, "ROW_ADVS": False}, {"ROW_STEPS": True, "ROW_ADVS": True}
     cases = [
-        (triton_step._row_step, {"HAS_DELTA": True, "BLOCK": 16}, 1),
-        (triton_step._row_step, {"HAS_DELTA": False, "BLOCK": triton_step.MAX_ROW_BLOCK}, 16),
+        (triton_step._row_step, {"HAS_DELTA": True, **scalar, "BLOCK": 16}, 1),
+        (triton_step._row_step, {"HAS_DELTA": True, **per_row, "BLOCK": 16}, 1),
+        (triton_step._row_step, {"HAS_DELTA": False, **scalar, "BLOCK": triton_step.MAX_ROW_BLOCK}, 16),
         (triton_step._partial_dots, {"BLOCK": triton_step.SPLIT_BLOCK}, 8),
-        (triton_step._update, {"HAS_DELTA": True, "BLOCK": triton_step.SPLIT_BLOCK, "BLOCKS_P2": 64}, 8),
+        (triton_step._update, {"HAS_DELTA": True, **scalar, "BLOCK": triton_step.SPLIT_BLOCK, "BLOCKS_P2": 64}, 8),
+        (triton_step._update, {"HAS_DELTA": True, **per_row, "BLOCK": triton_step.SPLIT_BLOCK, "BLOCKS_P2": 64}, 8),
     ]
     for dtype in TRITON_TYPES:
         for kernel, constexprs, warps in cases:
@@ -354,6 +473,61 @@ def test_opcheck(device, backend):
     torch.library.opcheck(torch.ops.lst_fast.lst_step.default, (x, grad, tgt, delta, STEP, ADV, backend))
     torch.library.opcheck(torch.ops.lst_fast.lst_step.default, (x, grad, tgt, None, STEP, 0.0, backend))
     torch.library.opcheck(torch.ops.lst_fast.lst_step_.default, (x, grad, tgt, delta, out, STEP, ADV, backend))
+    steps, advs = STEP * row_scales(3, device), ADV * row_scales(3, device)
+    torch.library.opcheck(torch.ops.lst_fast.lst_step.default, (x, grad, tgt, delta, 0.0, 0.0, backend, steps, advs))
+    torch.library.opcheck(torch.ops.lst_fast.lst_step_.default,
+                          (x, grad, tgt, delta, out, 0.0, ADV, backend, steps, None))
+
+
+def test_per_row_op_arguments_match_eager_calls():
+    x, grad, tgt, delta = make_inputs((3, 3, 5, 7))
+    steps, advs = STEP * row_scales(3, "cpu"), ADV * row_scales(3, "cpu")
+    cand, new_delta = torch.ops.lst_fast.lst_step(x, grad, tgt, delta, 0.0, 0.0, None, steps, advs)
+    exp_cand, exp_delta = expected_rows(x, grad, tgt, delta, steps, advs)
+    assert_close(cand, exp_cand, tolerance(x.dtype))
+    assert_close(new_delta, exp_delta, tolerance(x.dtype))
+
+
+OP_ERRORS = [  # (change of the arguments of lst_fast::lst_step, error, message)
+    (dict(grad=torch.empty(2, 3, 4, 5)), ValueError, r"grad has shape \(2, 3, 4, 5\), expected the shape of x"),
+    (dict(tgt=torch.empty(2, 3, 4, 4, dtype=torch.float64)), TypeError, "tgt has dtype torch.float64"),
+    (dict(adv_step_size=-1.0), ValueError, "adv_step_size must be >= 0"),
+    (dict(row_step_sizes=torch.empty(3)), ValueError,
+     r"row_step_sizes must be None or a \(2,\) tensor of per-row values, got shape \(3,\)"),
+    (dict(row_adv_step_sizes=torch.empty(2, dtype=torch.int32)), TypeError, "row_adv_step_sizes must be None or a"),
+    (dict(step_size=STEP, row_step_sizes=torch.empty(2)), ValueError,
+     "step_size must be 0 when row_step_sizes is given"),
+    (dict(backend="numba"), ValueError, "backend must be None or one of"),
+]
+
+
+def _op_args(**change):
+    x = torch.empty(2, 3, 4, 4)
+    args = dict(x=x, grad=torch.empty_like(x), tgt=torch.empty_like(x), delta=None, step_size=0.0,
+                adv_step_size=0.0, backend=None, row_step_sizes=torch.empty(2), row_adv_step_sizes=None)
+    args.update(change)
+    return list(args.values())
+
+
+@pytest.mark.parametrize("change,error,match", OP_ERRORS)
+def test_fake_implementations_check_arguments(change, error, match):
+    """Traced (FakeTensor: torch.compile, export) the ops raise what the eager calls raise."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    good, bad = ([mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                 for args in (_op_args(), _op_args(**change)))
+    with mode:
+        cand, new_delta = torch.ops.lst_fast.lst_step(*good)
+        assert cand.shape == new_delta.shape == (2, 3, 4, 4)
+        with pytest.raises(error, match=match):
+            torch.ops.lst_fast.lst_step(*bad)
+
+
+@pytest.mark.parametrize("change,error,match", OP_ERRORS)
+def test_direct_op_calls_check_arguments(change, error, match):
+    with pytest.raises(error, match=match):
+        torch.ops.lst_fast.lst_step(*_op_args(**change))
 
 
 def test_ops_match_eager_calls():
@@ -408,6 +582,56 @@ def test_backend_choice_is_explained_once(monkeypatch, caplog):
             assert ops.available_backends("cpu", torch.float16)[0] == "torch"
     lines = [r.getMessage() for r in caplog.records if r.name == "lst_fast"]
     assert len(lines) == 1 and "runs on 'torch'" in lines[0] and "cpp: float32 and float64 only" in lines[0]
+
+
+def test_check_backend_resolves_and_explains():
+    assert ops.check_backend(None, "cpu", torch.float32) == ops.default_backend("cpu", torch.float32)
+    assert ops.check_backend("torch", "meta") == "torch"
+    with pytest.raises(ValueError, match=r"backend must be None or one of \('triton', 'cuda', 'cpp', 'torch'\)"):
+        ops.check_backend("numba", "cpu")
+    with pytest.raises(ValueError, match=r"backend 'cpp' cannot run torch.float16 on cpu here \(float32 and "
+                                         r"float64 only\); backend must be one of \['torch'"):
+        ops.check_backend("cpp", "cpu", torch.float16)
+    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run on cpu here \(CUDA tensors only\)"):
+        ops.check_backend("cuda", "cpu")
+
+
+def _recording_backend(calls: list, **fields) -> ops.BackendInfo:
+    """A backend on CPU whose launcher is the twin's, recording each launch's step sizes."""
+    def launcher(x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size):
+        calls.append((step_size, adv_step_size))
+        ops.lst_step_torch_(x, grad, tgt, delta, out, step_size=step_size, adv_step_size=adv_step_size)
+
+    return ops.BackendInfo(**{"name": "recording", "priority": 9, "devices": ("cpu",), "dtypes": (torch.float64,),
+                              "runtime_reason": lambda device: "", "load_kernel": lambda: launcher, **fields})
+
+
+def test_a_backend_is_one_registry_record(monkeypatch):
+    """The choice, the checks and the dispatch all come from BACKEND_REGISTRY."""
+    calls = []
+    monkeypatch.setattr(ops, "BACKEND_REGISTRY", ops.BACKEND_REGISTRY + (_recording_backend(calls),))
+    monkeypatch.setattr(ops, "_available_cache", {})
+    monkeypatch.setattr(ops, "_planned", {})
+    assert ops.available_backends("cpu", torch.float64)[0] == "recording"  # the highest priority
+    assert "recording" not in ops.available_backends("cpu", torch.float32)
+    assert ops.backend_reasons("cuda", torch.float64)["recording"] == "CPU tensors only"
+    assert ops.backend_reasons("cpu", torch.float32)["recording"] == "float64 only"
+    x, grad, tgt, delta = make_inputs((3, 3, 4, 4), dtype=torch.float64)
+    steps = STEP * row_scales(3, "cpu")
+    cand, new_delta = ops.lst_step(x, grad, tgt, delta, step_size=steps, adv_step_size=ADV)
+    assert len(calls) == 1 and calls[0][0] is steps and calls[0][1] == ADV
+    exp_cand, exp_delta = expected_rows(x, grad, tgt, delta, steps, ADV)
+    assert_close(cand, exp_cand, 1e-12)
+    assert_close(new_delta, exp_delta, 1e-15)
+    with pytest.raises(ValueError, match=r"backend 'recording' cannot run torch.float32 on cpu here \(float64 only\)"):
+        ops.check_backend("recording", "cpu", torch.float32)
+
+
+def test_interpreted_backends_come_last(monkeypatch):
+    interpreted = _recording_backend([], interpreted_on=("cpu",), dtypes=None)
+    monkeypatch.setattr(ops, "BACKEND_REGISTRY", ops.BACKEND_REGISTRY + (interpreted,))
+    monkeypatch.setattr(ops, "_available_cache", {})
+    assert ops.available_backends("cpu")[-1] == "recording"
 
 
 def test_cuda_module_imports_without_gpu():

@@ -1,4 +1,5 @@
-"""The CUDA C++ kernel (``lst_fast._C_cuda``, csrc/lst_step_cuda.cu), built when CMake finds nvcc.
+"""The CUDA C++ kernel (``lst_fast._C_cuda``, csrc/lst_step_cuda.cu), built when CMake finds nvcc: float32,
+float64, float16 and bfloat16 on CUDA tensors.
 
 The module takes raw device pointers and the current torch stream as integers and does not link libtorch;
 its CUDA runtime is linked statically, so it imports anywhere and :func:`unavailable_reason` says why it
@@ -18,9 +19,8 @@ import warnings
 
 import torch
 
-from lst_fast.kernels import DTYPE_NAMES, step_args
+from lst_fast.kernels import row_values, step_args
 
-DTYPES = tuple(DTYPE_NAMES)
 PLANS = ("bounded", "l2_groups")
 
 
@@ -52,17 +52,9 @@ def _module():
     return _C_cuda
 
 
-def unavailable_reason(device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
-    """'' when the CUDA kernels can run (on ``device``, for ``dtype``) here, else why not."""
-    if device is not None and device.type != "cuda":
-        return "CUDA tensors only"
-    if dtype is not None and dtype not in DTYPES:
-        return "float32, float64, float16 and bfloat16 only"
-    return _runtime_reason()
-
-
 @functools.cache
-def _runtime_reason() -> str:
+def unavailable_reason() -> str:
+    """'' when the CUDA kernels can run here, else why not (not built, no GPU, a driver too old)."""
     if _module() is None:
         return "lst_fast._C_cuda was not built (no nvcc when the package was installed, or LST_FAST_CUDA=OFF)"
     if not torch.cuda.is_available():
@@ -75,16 +67,12 @@ def _runtime_reason() -> str:
     return reason
 
 
-def supports(device: torch.device, dtype: torch.dtype | None) -> bool:
-    return unavailable_reason(device, dtype) == ""
-
-
-def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size: float,
-                   adv_step_size: float) -> None:
+def lst_step_cuda_(x, grad, tgt, delta, out, n_rows: int, row_len: int, step_size, adv_step_size) -> None:
     """Launch (see :mod:`lst_fast.kernels` for the contract) on the current stream of the current device."""
     module = _module()
     workspace_len = module.workspace_size(n_rows, row_len)
     workspace = torch.empty(workspace_len, dtype=torch.float64, device=x.device) if workspace_len else None
+    step_size, adv_step_size = row_values(step_size), row_values(adv_step_size)
     module.lst_step(
         step_args(module, x, grad, tgt, delta, out, n_rows, row_len, step_size, adv_step_size),
         0 if workspace is None else workspace.data_ptr(), torch.cuda.current_stream().cuda_stream, _plan,
