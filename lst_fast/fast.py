@@ -105,7 +105,7 @@ def traverse_batch(
         raise ValueError(f"cuda_graphs=True needs CUDA tensors, got srcs on {getattr(srcs, 'device', None)}")
     with model_guard(model):
         problem = prepare(model, srcs, tgts, labels, target_labels, normalizer, settings, generator)
-        step_backend = _check_backend(backend, problem.x0)
+        step_backend = ops.check_backend(backend, problem.x0.device, problem.x0.dtype)
         runner = ModelRunner(model, options, problem.x0, graph_capture=cuda_graphs)
         rows = runner.rows_per_call
         if cuda_graphs and rows is not None and rows < len(problem.x0):
@@ -307,24 +307,9 @@ class _Finished:
 
 
 def _scaled_step(x, grad, tgt, delta, out, scale: float | torch.Tensor, settings, backend: str) -> None:
-    """The spec's step with per-row step sizes ``scale * step_size`` (correction scaled alike), ``scale`` a float
-    for every row or a (B,) tensor: one kernel call when every row has the same scale (the usual case), else
-    the PyTorch twin with per-row values. The loop's only call of the step kernels."""
-    if isinstance(scale, torch.Tensor):
-        first = scale[0].item()
-        if not bool((scale == first).all()):
-            ops.lst_step_torch_(x, grad, tgt, delta, out, step_size=scale * settings.step_size,
-                                adv_step_size=scale * settings.adv_step_size)
-            return
-        scale = first
-    ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * scale,
-                  adv_step_size=settings.adv_step_size * scale, backend=backend)
-
-
-def _check_backend(backend: str | None, x: torch.Tensor) -> str:
-    available = ops.available_backends(x.device, x.dtype)
-    if backend is None:
-        return available[0]
-    if backend not in available:
-        raise ValueError(f"backend must be one of {available} for {x.dtype} on {x.device}, got {backend!r}")
-    return backend
+    """The step of algorithm §2.2-2.5 with per-row step sizes ``scale * step_size`` (correction scaled alike),
+    ``scale`` a float for every row or a (B,) float64 tensor: one call of the chosen kernel either way. The
+    loop's only call of the step kernels."""
+    adv_step_size = settings.adv_step_size * scale if settings.adv_step_size > 0 else 0.0  # 0: no correction
+    ops.lst_step_(x, grad, tgt, delta, out, step_size=settings.step_size * scale, adv_step_size=adv_step_size,
+                  backend=backend)

@@ -109,6 +109,21 @@ def test_the_shrinking_batch_gives_the_rows_of_the_unshrunk_reference():
     torch.testing.assert_close(fast.final_step_size, ref.final_step_size, atol=0, rtol=1e-15)
 
 
+def test_the_adaptive_schedule_steps_on_the_chosen_backend(monkeypatch):
+    """Rows with different step scales still go through the caller's kernel (one call per step, per-row sizes),
+    never the PyTorch twin behind its back; the result equals the reference's."""
+    model, (srcs, tgts) = tiny_cnn(scale=SHARP_MODEL_SCALE), pairs()
+    ref = run(reference.traverse_batch, model, srcs, tgts, **ADAPTIVE)
+    backends, step = [], ops.lst_step_
+    monkeypatch.setattr(ops, "lst_step_torch_", lambda *a, **k: pytest.fail("the twin ran in place of cpp"))
+    monkeypatch.setattr(ops, "lst_step_", lambda *a, backend=None, **k: backends.append(backend) or step(
+        *a, backend=backend, **k))
+    fast = run(lst_fast.traverse_batch, model, srcs, tgts, backend="cpp", **ADAPTIVE)
+    assert len(set(fast.evaluations.tolist())) > 1, "the test needs rows with different scales"
+    assert backends and set(backends) == {"cpp"}
+    assert_same_result(ref, fast, atol=1e-12)
+
+
 def test_each_row_is_its_own_traversal():
     """Without start-point noise a row gives the same result alone as in a batch whose other rows finish earlier
     or later (the batch shrinks around it)."""
