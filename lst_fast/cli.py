@@ -185,7 +185,8 @@ def _add_model_and_data_options(group) -> None:
                        help="'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the "
                        "flat ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or "
                        "'folder:DIR' (any images, no labels: the model's prediction is their label)")
-    group.add_argument("--checkpoint", help="local state dict (.pth/.pt/.safetensors) for the timm architecture --model")
+    group.add_argument("--checkpoint",
+                       help="local state dict (.pth/.pt/.safetensors) for the timm architecture --model")
     group.add_argument("--num-classes", type=_at_least_one, help="classes of the checkpoint's head (timm models)")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=SweepConfig().pretrained,
                        help="timm pretrained weights (downloaded by timm on first use); --no-pretrained: random init")

@@ -49,5 +49,6 @@ def run_demo(
     return run_examples(
         model, normalizer, data.open_dataset("embedded"), out_dir, images=photos,
         settings=TraversalSettings(iters=iters, width_num_vecs=width_vecs), seed=seed, device=device,
-        progress=progress, paths=paths, lpips_weights=lpips_weights, title=f"Level set traversal, {iters} iterations (EfficientNet-Lite0)",
+        progress=progress, paths=paths, lpips_weights=lpips_weights,
+        title=f"Level set traversal, {iters} iterations (EfficientNet-Lite0)",
     )

@@ -42,6 +42,7 @@ DEFAULT_BATCH_SIZE = 196  # pairs per LST batch: the paper's batch
 SELECTION_BATCH = 32  # images per forward-only model call while choosing images
 PATH_POINTS = 20  # the confidence (and path widths) are recorded every iters / PATH_POINTS iterations
 CAPTION_CHARS = 22
+LEGEND_PAIRS = 20  # line plots name the pairs in a legend up to this many (the paper's five classes)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def open_model_and_data(
     """The model, its normaliser and the data set named as ``lst-fast sweep`` names them.
 
     Args:
-        model: ``"embedded"``, a timm name or ``"robustbench:[DATASET/[THREAT/]]NAME"`` (:func:`lst_fast.models.load_model`).
+        model: ``"embedded"``, a timm name or ``"robustbench:[DATASET/[THREAT/]]NAME"``
+            (:func:`lst_fast.models.load_model`).
         data_spec: ``"embedded"``, ``"imagenet:DIR"``, ``"cifar10:DIR"`` or ``"folder:DIR"``.
         checkpoint, num_classes, pretrained: as :func:`lst_fast.models.load_model`; a random initialisation
             (``pretrained=False``) is seeded by ``seed``.
@@ -146,7 +148,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model, normalizer, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def predict(model, normalizer, images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Softmax probabilities (N, K) of ``images`` (on the CPU), in model calls of :data:`SELECTION_BATCH`."""
     training = model.training
     model.eval()
@@ -180,9 +182,8 @@ def _unique(names: list[str], indices: list[int]) -> list[str]:
     return [f"{n}_{i}" if names.count(n) > 1 else n for n, i in zip(names, indices)]
 
 
-def _chosen(dataset, indices: list[int], labels: list[int], conf: list[float]) -> Chosen:
+def _chosen(dataset, indices: list[int], images: torch.Tensor, labels: list[int], conf: list[float]) -> Chosen:
     names, files = zip(*[_name_and_file(dataset, i) for i in indices])
-    images = torch.stack([dataset[i][0] for i in indices])
     return Chosen(list(indices), images, list(labels), _unique(list(names), indices), list(files), list(conf))
 
 
@@ -200,7 +201,7 @@ def class_namer(dataset, num_classes: int) -> Callable[[int], str]:
 
 def choose_by_class(
     model, normalizer, dataset, classes: Sequence[int], *, per_class: int = 1, seed: int = 0,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
 ) -> tuple[Chosen, list[str]]:
     """For each class, the first ``per_class`` images of that class, in a seeded random order of the data set
     (``torch.randperm(len(dataset))`` from a generator seeded ``seed``), that the model classifies correctly.
@@ -238,7 +239,8 @@ def choose_by_class(
     if missing:
         raise ValueError("classes: no correctly classified image for " + "; ".join(missing))
     indices, picked_labels, conf = (list(v) for v in zip(*picked))
-    return _chosen(dataset, indices, picked_labels, conf), notes
+    images = torch.stack([dataset[i][0] for i in indices])
+    return _chosen(dataset, indices, images, picked_labels, conf), notes
 
 
 def _check_classes(classes, num_classes: int) -> None:
@@ -267,7 +269,7 @@ def _first_correct(model, normalizer, dataset, candidates, label, count, device)
     return found
 
 
-def choose_by_name(model, normalizer, dataset, names: Sequence[str], *, device=torch.device("cpu")) -> Chosen:
+def choose_by_name(model, normalizer, dataset, names: Sequence[str], *, device: torch.device | str = "cpu") -> Chosen:
     """The named images: a file's name, its stem or the end of its path (``CLASS/NAME.png``); the bundled
     photos' names. Labelled images must be classified correctly; unlabelled ones take the model's prediction.
 
@@ -280,14 +282,14 @@ def choose_by_name(model, normalizer, dataset, names: Sequence[str], *, device=t
     if twice:
         raise ValueError(f"images: {twice} given more than once")
     indices = [_find_image(dataset, n) for n in names]
-    labels = _labels_of(dataset)
-    probs = predict(model, normalizer, torch.stack([dataset[i][0] for i in indices]), device)
-    conf, predicted = probs.max(1)
-    wrong = [f"{n} (labelled {labels[i]}, predicted {y})" for n, i, y in zip(names, indices, predicted.tolist())
-             if labels[i] not in (data.UNLABELLED, y)]
+    items = [dataset[i] for i in indices]
+    images = torch.stack([image for image, _ in items])
+    conf, predicted = predict(model, normalizer, images, device).max(1)
+    wrong = [f"{n} (labelled {y}, predicted {p})" for n, (_, y), p in zip(names, items, predicted.tolist())
+             if y not in (data.UNLABELLED, p)]
     if wrong:
         raise ValueError(f"images: the model misclassifies {', '.join(wrong)}; choose correctly classified images")
-    return _chosen(dataset, indices, predicted.tolist(), conf.tolist())
+    return _chosen(dataset, indices, images, predicted.tolist(), conf.tolist())
 
 
 def _find_image(dataset, name: str) -> int:
@@ -361,8 +363,8 @@ def run_examples(
             image, or fewer than two images; all before any LST run.
     """
     out_dir = _check_out_dir(Path(out_dir))
-    if images is not None and not isinstance(images, (str, bytes)) and len(images) < 2:
-        raise ValueError(f"at least 2 images are needed (every ordered pair of them runs LST), got {list(images)}")
+    if images is not None and not isinstance(images, (str, bytes)):
+        _check_two(list(images))  # before any model call
     settings, notes = _recorded_settings(settings, check_bool("paths", paths))
     batch_size = check_number("batch_size", batch_size, minimum=1, integer=True)
     seed = check_number("seed", seed, minimum=0, integer=True)
@@ -370,10 +372,7 @@ def run_examples(
     model, normalizer = model.to(device), normalizer.to(device)
     chosen, chosen_notes = _choose(model, normalizer, dataset, classes, per_class, images, seed, device)
     notes += chosen_notes
-    if len(chosen.indices) < 2:
-        raise ValueError(
-            f"at least 2 images are needed (every ordered pair of them runs LST), got 1: {chosen.names[0]}"
-        )
+    _check_two(chosen.names)
     sources, targets = ordered_pairs(len(chosen.indices))
     start = time.perf_counter()
     result = _traverse(model, normalizer, chosen, sources, targets, settings, precision, seed, device, batch_size,
@@ -388,6 +387,11 @@ def run_examples(
     report.rows = _rows(report)
     report.files = _write(report, paths and settings.schedule == "paper")
     return report
+
+
+def _check_two(names: list[str]) -> None:
+    if len(names) < 2:
+        raise ValueError(f"at least 2 images are needed (every ordered pair of them runs LST), got {names}")
 
 
 def _check_out_dir(out_dir: Path) -> Path:
@@ -406,9 +410,9 @@ def _recorded_settings(settings: TraversalSettings | None, paths: bool) -> tuple
         raise ValueError("settings: examples choose what is recorded along the path; leave log_every and record "
                          "at their defaults")
     if settings.schedule != "paper":  # rows move at different paces: no common path to record
-        notes = ["the adaptive schedule records no path: the confidence path and the path widths are left out "
-                 "(they need --schedule paper)"] if paths else []
-        return settings, notes
+        left_out = ("the adaptive schedule records no path: the confidence path and the path widths are left out "
+                    "(they need --schedule paper)")
+        return settings, [left_out] if paths else []
     record = ("conf", "widths") if paths else ("conf",)
     return dataclasses.replace(settings, log_every=max(1, settings.iters // PATH_POINTS), record=record), []
 
@@ -455,19 +459,20 @@ def _measure(model, normalizer, dataset, chosen, sources, targets, result, devic
     name = class_namer(dataset, probs.shape[1])
     which = metrics.available_distances(lpips_weights)
     if "lpips" not in which:
-        notes.append("LPIPS left out: its AlexNet weights are not on this machine (give their file with --lpips-weights)")
+        notes.append("LPIPS left out: its AlexNet weights are not on this machine (give their file with "
+                     "--lpips-weights)")
     outs, tgts = result.images, chosen.images[targets]
     target_labels = torch.tensor(chosen.labels)[targets]
     interpolation = geometry.interpolation_conf(
         model, chosen.images[sources].to(device), outs.to(device), result.labels.to(device), normalizer=normalizer
     )
-    return dict(
-        class_names=[name(c) for c in chosen.labels],
-        target_conf=probs.gather(1, target_labels.unsqueeze(1)).squeeze(1),
-        distances=metrics.distances(outs, tgts, which=which, lpips_weights=lpips_weights),
-        interpolation=interpolation.cpu(),
-        triangles=_triangles(model, normalizer, chosen, sources, result, device),
-    )
+    return {
+        "class_names": [name(c) for c in chosen.labels],
+        "target_conf": probs.gather(1, target_labels.unsqueeze(1)).squeeze(1),
+        "distances": metrics.distances(outs, tgts, which=which, lpips_weights=lpips_weights),
+        "interpolation": interpolation.cpu(),
+        "triangles": _triangles(model, normalizer, chosen, sources, result, device),
+    }
 
 
 def _triangles(model, normalizer, chosen, sources, result, device) -> dict[int, tuple[torch.Tensor, int, int]]:
@@ -556,6 +561,9 @@ def _short(text: str) -> str:
 
 
 def _pair_names(report: ExamplesReport) -> list[str]:
+    """Legend entries of the line plots: one per pair, none for more than :data:`LEGEND_PAIRS` pairs."""
+    if len(report.rows) > LEGEND_PAIRS:
+        return []
     return [f"{row['source']} -> {row['target']}" for row in report.rows]
 
 

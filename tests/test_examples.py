@@ -87,7 +87,8 @@ def photo_data(tmp_path_factory, tiny):
             _save(root, label, stem, arrays[stem])
     _save(root, a, f"decoy_{decoy_a}", arrays[decoy_a])
     _save(root, e, f"decoy_{decoy_e}", arrays[decoy_e])
-    return {"pool": pool, "root": root, "classes": (a, b, c), "empty": e, "members": folders}
+    return {"pool": pool, "root": root, "classes": (a, b, c), "empty": e, "members": folders,
+            "decoy": f"decoy_{decoy_a}"}
 
 
 def _save(root, label, stem, array):
@@ -253,7 +254,8 @@ def test_unlabelled_folder_by_name_with_the_adaptive_schedule(photo_data, sharp_
     assert cli.main(args) == 0
     assert "note: the adaptive schedule records no path" in capsys.readouterr().out
     rows = _rows(out)
-    assert [(r["source"], r["target"]) for r in rows] == [("coffee_mirrored", "chelsea"), ("chelsea", "coffee_mirrored")]
+    pairs = [("coffee_mirrored", "chelsea"), ("chelsea", "coffee_mirrored")]
+    assert [(r["source"], r["target"]) for r in rows] == pairs
     dataset = data.open_dataset(f"folder:{photo_data['pool']}", image_size=SIZE)
     stems = [p.stem for p in dataset.files]
     images = torch.stack([dataset[stems.index(n)][0] for n in ("coffee_mirrored", "chelsea")])
@@ -271,6 +273,7 @@ def test_unlabelled_folder_by_name_with_the_adaptive_schedule(photo_data, sharp_
         (["--classes", "A"], "at least 2 images are needed"),
         (["--classes", "A", "A"], "classes: [A] given more than once"),
         (["--images", "chelsea", "--data", "folder:POOL"], "at least 2 images are needed"),
+        (["--images", "DECOY", "MEMBER"], "images: the model misclassifies decoy_"),  # labelled data
         (["--images", "chelsea", "no_such_photo", "--data", "folder:POOL"], "images: no image named 'no_such_photo'"),
         (["--data", "folder:POOL"], "these data have no labels"),
         (["--images", "chelsea", "coffee", "--per-class", "2", "--data", "folder:POOL"],
@@ -280,7 +283,8 @@ def test_unlabelled_folder_by_name_with_the_adaptive_schedule(photo_data, sharp_
 )
 def test_bad_input_is_one_line_and_exit_2(photo_data, sharp_checkpoint, tmp_path, capsys, change, message):
     a = photo_data["classes"][0]
-    spell = {"A": str(a), "EMPTY": str(photo_data["empty"]), "POOL": str(photo_data["pool"])}
+    spell = {"A": str(a), "EMPTY": str(photo_data["empty"]), "POOL": str(photo_data["pool"]),
+             "DECOY": photo_data["decoy"], "MEMBER": photo_data["members"][a][0]}
     change = [spell.get(w, w.replace("POOL", spell["POOL"])) for w in change]
     message = message.replace("EMPTY", spell["EMPTY"]).replace("[A]", f"[{a}]")
     out = tmp_path / "out"
