@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="offline demo: LST between bundled photos with a bundled ImageNet model",
         description="Sends every bundled photo towards every other one with the bundled EfficientNet-Lite0 "
-        "and writes the outputs, a CSV/JSON of confidences and distances, and an image grid.",
+        "and writes what 'lst-fast examples' writes: the outputs, a CSV/JSON of confidences and distances, the "
+        "image grid, the triangle and interpolation figures (and with --paths the figures along the paths).",
     )
     demo.add_argument("--out", default="lst_fast_out/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--iters", type=_positive_int, default=400, help="LST iterations (default: %(default)s)")
