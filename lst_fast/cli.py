@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="offline demo: LST between bundled photos with a bundled ImageNet model",
         description="Sends every bundled photo towards every other one with the bundled EfficientNet-Lite0 "
-        "and writes the outputs, a CSV/JSON of confidences and distances, and an image grid.",
+        "and writes what 'lst-fast examples' writes: the outputs, a CSV/JSON of confidences and distances, the "
+        "image grid, the triangle and interpolation figures (and with --paths the figures along the paths).",
     )
     demo.add_argument("--out", default="lst_fast_out/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--iters", type=_positive_int, default=400, help="LST iterations (default: %(default)s)")
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the start-point noise (default: %(default)s)")
     demo.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_path_options(demo)
+    _add_examples(commands)
     _add_sweep(commands)
     _add_tables(commands)
     _add_info(commands)
@@ -71,9 +74,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_examples(commands) -> None:
+    from lst_fast.examples import DEFAULT_BATCH_SIZE, PAPER_CLASSES
+
+    examples = commands.add_parser(
+        "examples",
+        help="the paper's Figure 1 (image grid) and triangle figures for any model and data",
+        formatter_class=_DefaultsFormatter,
+        description="Picks --per-class images of each of --classes that the model classifies correctly (the first "
+        "in a seeded order; or the files named by --images), runs LST on every ordered pair of them and writes into "
+        "--out: grid.png (rows = targets, columns = sources), results.csv/results.json (one row per pair), the "
+        "outputs as images/SOURCE_to_TARGET.png, triangle_SOURCE.png per source, interpolation.png and, with "
+        "--paths, the confidence and path widths along the paths.",
+    )
+    what = examples.add_argument_group("model and data")
+    _add_model_and_data_options(what)
+    what.add_argument("--out", required=True, help="output folder (created)")
+    pick = examples.add_argument_group("which images")
+    by = pick.add_mutually_exclusive_group()
+    by.add_argument("--classes", type=int, nargs="+", metavar="C",
+                    help=f"class indices of the model (default: the paper's {' '.join(map(str, PAPER_CLASSES))})")
+    by.add_argument("--images", nargs="+", metavar="NAME",
+                    help="the images by name instead of classes (file name, stem or end of path; for data without "
+                    "labels, folder: and embedded, the only way)")
+    pick.add_argument("--per-class", type=_at_least_one, help="images per class (default: 1)")
+    lst = examples.add_argument_group("LST settings")
+    _add_traversal_options(lst)
+    lst.add_argument("--seed", type=_positive_int, default=0,
+                     help="seed of the image order and the start-point noise (batch b of pairs: seed + b)")
+    lst.add_argument("--batch-size", type=_at_least_one, default=DEFAULT_BATCH_SIZE,
+                     help="pairs per LST batch (more pairs run in several batches)")
+    figures = examples.add_argument_group("figures")
+    _add_path_options(figures)
+    run = examples.add_argument_group("execution")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _add_path_options(group) -> None:
+    """--paths, --width-vecs and --lpips-weights (lst-fast examples and lst-fast demo)."""
+    group.add_argument("--paths", action="store_true",
+                       help="also plot the confidence and the path widths along every traversal (paper schedule; "
+                       "costs --width-vecs x 4 model calls per recorded point)")
+    group.add_argument("--width-vecs", type=_at_least_one, default=256,
+                       help="random directions per path-width point (default: %(default)s)")
+    group.add_argument("--lpips-weights", metavar="PATH",
+                       help="torchvision AlexNet weights for LPIPS (default: torch hub cache; without them LPIPS is "
+                       "left out and a note says so)")
+
+
 def _add_sweep(commands) -> None:
     from lst_fast.sweep.config import PHASES, SweepConfig
-    from lst_fast.model_runner import PRECISIONS
 
     d = SweepConfig()
     sweep = commands.add_parser(
@@ -88,24 +139,8 @@ def _add_sweep(commands) -> None:
         "takes its own units; --shard I/N splits the units among separate jobs sharing the folder.",
     )
     what = sweep.add_argument_group("model and data")
-    what.add_argument("--model", required=True,
-                      help="'embedded' (offline EfficientNet-Lite0), a timm model name, or "
-                      "'robustbench:[DATASET/[THREAT/]]NAME' (needs the robustbench package)")
-    what.add_argument("--data", required=True,
-                      help="'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the "
-                      "flat ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or "
-                      "'folder:DIR' (any images, no labels: the model's prediction is their label)")
+    _add_model_and_data_options(what)
     what.add_argument("--out", required=True, help="sweep folder (created; resumed if it exists)")
-    what.add_argument("--checkpoint", help="local state dict (.pth/.pt/.safetensors) for the timm architecture --model")
-    what.add_argument("--num-classes", type=_at_least_one, help="classes of the checkpoint's head (timm models)")
-    what.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=d.pretrained,
-                      help="timm pretrained weights (downloaded by timm on first use); --no-pretrained: random init")
-    what.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                      help="normalisation mean (default: the model's pretrained_cfg)")
-    what.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                      help="normalisation std (default: the model's pretrained_cfg)")
-    what.add_argument("--image-size", type=_at_least_one,
-                      help="input size: resize to size*256/224, centre crop size (default 224; CIFAR-10: 32)")
 
     lst = sweep.add_argument_group("LST and evaluation settings")
     lst.add_argument("--num-samples", type=_at_least_one, default=d.num_samples, help="images in the sweep")
@@ -114,9 +149,7 @@ def _add_sweep(commands) -> None:
                      help="pairs per LST batch = sources per work unit")
     lst.add_argument("--eval-batch-size", type=_at_least_one, default=d.eval_batch_size,
                      help="images per forward-only model call (image selection, triangle statistics)")
-    _add_setting_options(lst)
-    lst.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,
-                     help="model precision during LST (bf16/fp16: autocast; the images stay fp32)")
+    _add_traversal_options(lst)
     lst.add_argument("--min-conf", type=_non_negative_float, default=d.min_conf,
                      help="keep only images classified with confidence above this (0: any correct image)")
     lst.add_argument("--seed", type=_positive_int, default=d.seed,
@@ -140,6 +173,40 @@ def _add_sweep(commands) -> None:
                      "leaves LPIPS out and says so)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay each LST iteration as a CUDA graph (GPUs only)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _add_model_and_data_options(group) -> None:
+    """--model, --data and how to load them (lst-fast sweep and lst-fast examples)."""
+    from lst_fast.sweep.config import SweepConfig
+
+    group.add_argument("--model", required=True,
+                       help="'embedded' (offline EfficientNet-Lite0), a timm model name, or "
+                       "'robustbench:[DATASET/[THREAT/]]NAME' (needs the robustbench package)")
+    group.add_argument("--data", required=True,
+                       help="'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the "
+                       "flat ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or "
+                       "'folder:DIR' (any images, no labels: the model's prediction is their label)")
+    group.add_argument("--checkpoint",
+                       help="local state dict (.pth/.pt/.safetensors) for the timm architecture --model")
+    group.add_argument("--num-classes", type=_at_least_one, help="classes of the checkpoint's head (timm models)")
+    group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=SweepConfig().pretrained,
+                       help="timm pretrained weights (downloaded by timm on first use); --no-pretrained: random init")
+    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="normalisation mean (default: the model's pretrained_cfg)")
+    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                       help="normalisation std (default: the model's pretrained_cfg)")
+    group.add_argument("--image-size", type=_at_least_one,
+                       help="input size: resize to size*256/224, centre crop size (default 224; CIFAR-10: 32)")
+
+
+def _add_traversal_options(group) -> None:
+    """The traversal's settings (see _add_setting_options) and the model's precision during LST."""
+    from lst_fast.sweep.config import SweepConfig
+    from lst_fast.model_runner import PRECISIONS
+
+    _add_setting_options(group)
+    group.add_argument("--precision", choices=list(PRECISIONS), default=SweepConfig().precision,
+                       help="model precision during LST (bf16/fp16: autocast; the images stay fp32)")
 
 
 def _add_setting_options(group) -> None:
@@ -201,20 +268,47 @@ def _add_info(commands) -> None:
 def _demo(args) -> int:
     from lst_fast.demo import run_demo
 
-    if len(args.photos) < 2:
-        raise SystemExit("lst-fast demo: --photos needs at least two photos")
     report = run_demo(
         args.out, iters=args.iters, photos=args.photos, seed=args.seed, device=args.device,
-        progress=not args.no_progress,
+        progress=not args.no_progress, paths=args.paths, width_vecs=args.width_vecs, lpips_weights=args.lpips_weights,
     )
-    print(f"{'source':>12} -> {'target':<12} {'p0':>6} {'final':>6} {'L2/sqrt(D)':>10} {'Linf':>6}")
-    for row in report["rows"]:
+    _print_examples(args.command, report)
+    return 0
+
+
+def _examples(args) -> int:
+    from lst_fast.examples import open_model_and_data, run_examples
+    from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings
+
+    model, normalizer, dataset = open_model_and_data(
+        args.model, args.data, checkpoint=args.checkpoint, num_classes=args.num_classes, pretrained=args.pretrained,
+        mean=args.mean, std=args.std, image_size=args.image_size, seed=args.seed,
+    )
+    settings = TraversalSettings(**{f.name: getattr(args, f.name) for f in SWEEP_SETTINGS},
+                                 width_num_vecs=args.width_vecs)
+    report = run_examples(
+        model, normalizer, dataset, args.out, classes=args.classes, per_class=args.per_class, images=args.images,
+        settings=settings, precision=args.precision, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, paths=args.paths, lpips_weights=args.lpips_weights,
+        progress=not args.no_progress,
+        title=f"Level set traversal, {settings.iters} iterations ({args.model}, {settings.schedule} schedule)",
+    )
+    _print_examples(args.command, report)
+    return 0
+
+
+def _print_examples(command: str, report) -> None:
+    """The pairs of an examples run (demo or examples) as a table, its notes and where its files are."""
+    width = max(12, *(len(name) for name in report.chosen.names))
+    print(f"{'source':>{width}} -> {'target':<{width}} {'p0':>6} {'final':>6} {'L2/sqrt(D)':>10} {'Linf':>6}")
+    for row in report.rows:
         print(
-            f"{row['source']:>12} -> {row['target']:<12} {row['init_conf']:6.3f} {row['final_conf']:6.3f} "
+            f"{row['source']:>{width}} -> {row['target']:<{width}} {row['init_conf']:6.3f} {row['final_conf']:6.3f} "
             f"{row['l2_to_target']:10.4f} {row['linf_to_target']:6.3f}"
         )
-    print(f"{len(report['rows'])} pairs in {report['seconds']:.1f} s; outputs in {report['out_dir'].resolve()}")
-    return 0
+    for note in report.notes:
+        print(f"lst-fast {command}: note: {note}")
+    print(f"{len(report.rows)} pairs in {report.seconds:.1f} s; outputs in {report.out_dir.resolve()}")
 
 
 def _add_plot(commands) -> None:
@@ -288,7 +382,7 @@ def _plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot}
+    handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as err:

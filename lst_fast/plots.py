@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
 from lst_fast.geometry import triangle_grid  # noqa: E402
@@ -29,10 +30,36 @@ def image_grid(
     col_labels: Sequence[str] = (),
     title: str | None = None,
 ) -> Path:
-    """Save a grid of images (R, N, C, H, W) with a caption under each cell.
+    """Save a grid of images (R, N, C, H, W) with a caption under each cell (see :func:`image_grid_figure`)."""
+    return save_figure(
+        image_grid_figure(images, captions, row_labels=row_labels, col_labels=col_labels, title=title), path
+    )
+
+
+def image_grid_figure(
+    images: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    *,
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    title: str | None = None,
+) -> Figure:
+    """A grid of images (R, N, C, H, W) with a caption under each cell, one axes per cell (R x N axes).
 
     For LST: rows are targets, columns are sources, each cell the LST output captioned with its
-    source-class confidence.
+    source-class confidence. ``col_labels`` title the top row, ``row_labels`` label the first column.
+
+    Args:
+        images: (R, N, C, H, W) images in [0, 1].
+        captions: R x N strings, one under each cell.
+        row_labels, col_labels: one label per row / column (or fewer; empty: none).
+        title: the figure's title.
+
+    Returns:
+        The open figure (save it with :func:`save_figure`, which also closes it).
+
+    Raises:
+        ValueError: ``images`` is not 5-dimensional or ``captions`` is not R x N.
     """
     if images.dim() != 5:
         raise ValueError(f"images must have shape (rows, cols, C, H, W), got {tuple(images.shape)}")
@@ -54,10 +81,11 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its folder is created) and close it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -100,6 +128,33 @@ def triangle_plot(
 
     ``conf``: (G,) confidences at :func:`lst_fast.geometry.triangle_grid` ``(n)`` points (one row of
     :func:`lst_fast.geometry.triangle_confidences`); ``images``: (3, C, H, W) source, output a, output b.
+    Saved at ``path`` (see :func:`triangle_figure`).
+    """
+    return save_figure(triangle_figure(conf, images, n=n, corner_labels=corner_labels, title=title), path)
+
+
+def triangle_figure(
+    conf: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    n: int = 10,
+    corner_labels: Sequence[str] = ("source", "output a", "output b"),
+    title: str | None = None,
+) -> Figure:
+    """The figure of :func:`triangle_plot`: the contour's axes, its colour bar and one inset per corner image.
+
+    Args:
+        conf: (G,) confidences at the :func:`lst_fast.geometry.triangle_grid` ``(n)`` points.
+        images: (3, C, H, W) the source, output a and output b.
+        n: the grid's steps per edge.
+        corner_labels: the three corners' names.
+        title: the figure's title.
+
+    Returns:
+        The open figure (save it with :func:`save_figure`, which also closes it).
+
+    Raises:
+        ValueError: a misshaped ``conf`` or ``images``, or not three ``corner_labels``.
     """
     weights = triangle_grid(n).numpy()
     conf = torch.as_tensor(conf).detach().float().cpu()
@@ -130,7 +185,7 @@ def triangle_plot(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def path_width_plot(
@@ -174,7 +229,7 @@ def path_width_plot(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confidence_path_plot(
@@ -212,7 +267,7 @@ def confidence_path_plot(
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title or "Confidence along the level set traversal", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def interpolation_plot(
@@ -235,4 +290,4 @@ def interpolation_plot(
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: lines fill them
     ax.set_title(title or "Star-like structure: confidence from source to LST output", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -22,3 +22,13 @@ def test_demo_writes_images_tables_and_grid(tmp_path, capsys):
     for row in summary["pairs"]:
         assert row["init_conf"] - row["final_conf"] < 0.2
         assert 0 < row["l2_to_target"] < 1
+    assert (out / "interpolation.png").is_file() and not list(out.glob("triangle_*"))  # two photos: no triangle
+
+
+def test_demo_with_one_photo_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iters", "1", "--photos", "chelsea", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lst-fast demo: error: at least 2 images are needed (every ordered pair of them runs LST), got " \
+                  "['chelsea']\n"
+    assert not out.exists()
