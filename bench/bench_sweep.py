@@ -30,10 +30,10 @@ import torch
 
 from bench import harness
 from lst_fast import data, geometry, metrics, models, reference
+from lst_fast.classifier import class_conf
 from lst_fast.sweep import SweepConfig, run_sweep, schema, tables
 from lst_fast.sweep.folder import open_sweep
 from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator
-from lst_fast.classifier import class_conf
 
 
 def original_style(config: SweepConfig, model, normalizer, device) -> dict:

@@ -10,7 +10,7 @@ The original evaluates one triangle (66 points) or one radius of one sample (256
 Here every model evaluation goes through one chunked evaluator (:mod:`lst_fast.evaluator`) that packs the
 points of many pairs, triangles or samples into model calls of ``batch_size`` points. Grid points that several
 triangles share (their source, and the edge towards an output used in several triangles) are evaluated once.
-Tables of these statistics (mean ± std) are made by :mod:`lst_fast.tables`.
+Tables of these statistics (mean ± std) are made by :mod:`lst_fast.sweep.tables`.
 """
 
 from __future__ import annotations

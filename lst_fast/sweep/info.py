@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lst_fast.sweep.folder import SweepFolder, Survey, open_sweep
+from lst_fast.sweep.folder import Survey, SweepFolder, open_sweep
 from lst_fast.sweep.provenance import Summary
 
 

@@ -4,14 +4,16 @@ Layout of DIR::
 
     manifest.json              configuration (compared on every run), sweep seed, environment of the first run
     selection.json             the data set images of the sweep with their labels
-    units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, distances of one round x batch
+    units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, costs, distances of one round x batch
     units/triangles/bBBBBB.safetensors       triangle statistics of one batch of sources
     images/rRRR/SSSSS_to_TTTTT.png            LST outputs as PNG (only with save_images)
 
-Every file is written to a temporary name in the same folder and renamed into place, so a file under its
-final name is always complete. Unit files also carry their config id and a SHA-256 of their tensors, so a
-truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them, see
-:mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
+The tensors of each kind of unit file are listed in :mod:`lst_fast.sweep.schema`; :mod:`lst_fast.sweep.folder`
+reads a sweep folder and judges its unit files. Every file is written to a temporary name in the same folder and
+renamed into place, so a file under its final name is always complete; files are created with the mode the
+umask leaves (0o644 under the usual 0o022). Unit files also carry their config id and a SHA-256 of their tensors,
+so a truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them,
+see :mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
 """
 
 from __future__ import annotations
