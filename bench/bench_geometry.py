@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from bench import harness
-from lst_fast import data, geometry, models, plots, tables
+from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
 from lst_fast.model_runner import is_convolutional
+from lst_fast.sweep import tables
 
 DISTANCES = (0.5, 1.0, 1.5, 2.0)
 N_GRID = 10

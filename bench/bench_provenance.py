@@ -11,7 +11,8 @@ they must be bit-identical whichever process computed which unit; the first ran 
 its convolutions sum in another order and it agrees with them only to float rounding, amplified by LST's
 iterations. The three run at the same time (this compares numbers, not speed). Prints and writes Table 1/2
 side by side and the largest difference per tensor of the units, with the provenance each run recorded, to
-``bench/results/provenance_cpu.{csv,json}``.
+``bench/results/provenance_cpu.{csv,json}`` (the harness's ``{machine, commit, config, rows}``: one row per
+table quantity and per unit tensor).
 
     python -m bench.bench_provenance                 # 4 photos x 2 rounds, the paper's 400 iterations
     python -m bench.bench_provenance --iters 10 --batch-size 2   # the issue's quick check
@@ -20,24 +21,23 @@ side by side and the largest difference per tensor of the units, with the proven
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from lst_fast import tables
+from bench import harness
+from lst_fast.sweep import tables
+from lst_fast.sweep.folder import open_sweep
 from lst_fast.sweep.info import sweep_summary
-from lst_fast.sweep.provenance import cpu_model, git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TORCHRUN = "torchrun 2 ranks"
+ONE_THREAD = "1 process, 1 thread"
 
 
 def sweep_options(args, out: Path) -> list[str]:
@@ -65,7 +65,7 @@ def finish(label: str, process: subprocess.Popen, log: Path) -> None:
 
 def table_numbers(out: Path) -> dict[str, float]:
     """Table 1 and Table 2 means and stds of a sweep folder."""
-    results = [tables.load_results(out)]
+    results = [tables.load_results(out)]  # (the cost table's wall times differ between any two runs)
     first, second = tables.distance_table(results).numbers[0], tables.triangle_table(results).numbers[0]
     return {f"table1 {k}": v for k, v in first.items()} | {f"table2 {k}": v for k, v in second.items()}
 
@@ -113,47 +113,52 @@ def main() -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "lst_fast.cli"]
     with tempfile.TemporaryDirectory() as tmp:
-        folders = {many: Path(tmp) / "threads", "1 process, 1 thread": Path(tmp) / "one", TORCHRUN: Path(tmp) / "tr"}
-        commands = {many: (cli, args.threads), "1 process, 1 thread": (cli, 1), TORCHRUN: (torchrun, None)}
+        folders = {many: Path(tmp) / "threads", ONE_THREAD: Path(tmp) / "one", TORCHRUN: Path(tmp) / "tr"}
+        commands = {many: (cli, args.threads), ONE_THREAD: (cli, 1), TORCHRUN: (torchrun, None)}
         logs = {label: Path(tmp) / f"{folder.name}.log" for label, folder in folders.items()}
         running = {label: start(label, command + sweep_options(args, folders[label]), threads, logs[label])
                    for label, (command, threads) in commands.items()}
         for label, process in running.items():
             finish(label, process, logs[label])
         numbers = {label: table_numbers(out) for label, out in folders.items()}
-        conditions = {label: {k: dict(c) for k, c in sweep_summary(out)[1].values.items()}
+        conditions = {label: {k: dict(c) for k, c in sweep_summary(open_sweep(out))[1].values.items()}
                       for label, out in folders.items()}
         others = {label: out for label, out in folders.items() if label != TORCHRUN}
         units_vs_torchrun = {label: unit_differences(out, folders[TORCHRUN]) for label, out in others.items()}
         bit_identical = {label: identical(out, folders[TORCHRUN]) for label, out in others.items()}
 
+    rows = result_rows(numbers, units_vs_torchrun, bit_identical, many)
+    _print(rows, units_vs_torchrun, bit_identical)
+    config = {"command": "python -m bench.bench_provenance " + " ".join(sys.argv[1:]), **vars(args),
+              "conditions": conditions}
+    path = harness.write_result(RESULTS / args.name, config=config, rows=rows)
+    print(f"wrote {path} and its .csv")
+
+
+def result_rows(numbers: dict, units_vs_torchrun: dict, bit_identical: dict, many: str) -> list[dict]:
+    """The rows of the result file: one per table quantity (each run's value and the two differences to the
+    torchrun sweep), one per unit tensor (the largest differences of its entries), and whether the units are
+    bit-identical to the torchrun sweep's."""
+    one = ONE_THREAD
+    differences = {many: f"|{many.removeprefix('1 process, ')} - torchrun|", one: "|1 thread - torchrun|"}
     rows = []
     for key in numbers[TORCHRUN]:
-        values = {label: numbers[label].get(key, float("nan")) for label in folders}
-        rows.append({
-            "quantity": key, **values, f"|{args.threads} threads - torchrun|": abs(values[many] - values[TORCHRUN]),
-            "|1 thread - torchrun|": abs(values["1 process, 1 thread"] - values[TORCHRUN]),
-        })
-    _print(rows, units_vs_torchrun, bit_identical)
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / f"{args.name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({
-        "command": "python -m bench.bench_provenance " + " ".join(sys.argv[1:]),
-        "machine": {"date": date.today().isoformat(), "cpu": cpu_model(), "commit": git_commit(),
-                    "torch": torch.__version__},
-        "settings": vars(args), "tables": rows, "units_max_abs_difference_vs_torchrun": units_vs_torchrun,
-        "units_bit_identical_to_torchrun": bit_identical, "conditions": conditions,
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS / args.name}.csv and .json")
+        values = {label: numbers[label].get(key, float("nan")) for label in numbers}
+        rows.append({"kind": "table", "quantity": key, **values,
+                     **{differences[label]: abs(values[label] - values[TORCHRUN]) for label in (many, one)}})
+    for name in units_vs_torchrun[one]:
+        rows.append({"kind": "unit tensor", "quantity": name,
+                     **{differences[label]: units_vs_torchrun[label].get(name) for label in (many, one)}})
+    rows.append({"kind": "units", "quantity": "bit-identical to torchrun",
+                 **{differences[label]: bit_identical[label] for label in (many, one)}})
+    return rows
 
 
 def _print(rows, units_vs_torchrun, bit_identical) -> None:
-    labels = [k for k in rows[0] if k != "quantity"]
+    table = [row for row in rows if row["kind"] == "table"]
+    labels = [k for k in table[0] if k not in ("kind", "quantity")]
     print(f"{'quantity':<24}" + "".join(f"{label:>26}" for label in labels))
-    for row in rows:
+    for row in table:
         print(f"{row['quantity']:<24}" + "".join(f"{row[label]:>26.10g}" for label in labels))
     for label, diffs in units_vs_torchrun.items():
         print(f"{label} vs {TORCHRUN}: units bit-identical: {bit_identical[label]}; largest differences: "

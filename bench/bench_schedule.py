@@ -22,10 +22,10 @@ import torch
 
 import lst_fast
 from bench.harness import interleaved_rounds, write_result
-from lst_fast import data, models, tables
+from lst_fast import data, models
 from lst_fast.demo import all_pairs
 from lst_fast.schedules import schedule_names
-from lst_fast.sweep import SweepConfig, run_sweep
+from lst_fast.sweep import SweepConfig, run_sweep, tables
 
 RESULTS = Path(__file__).parent / "results"
 SCHEDULES = schedule_names()  # every registered schedule (lst_fast.schedules)

@@ -27,13 +27,13 @@ from itertools import combinations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from bench import harness
-from lst_fast import data, geometry, metrics, models, reference, tables
-from lst_fast.sweep import SweepConfig, run_sweep
-from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator
+from lst_fast import data, geometry, metrics, models, reference
 from lst_fast.classifier import class_conf
+from lst_fast.sweep import SweepConfig, run_sweep, schema, tables
+from lst_fast.sweep.folder import open_sweep
+from lst_fast.sweep.plan import candidate_order, make_plan, unit_generator
 
 
 def original_style(config: SweepConfig, model, normalizer, device) -> dict:
@@ -57,7 +57,7 @@ def original_style(config: SweepConfig, model, normalizer, device) -> dict:
         )
         outputs[unit.round, src] = result.images
     targets = torch.as_tensor(plan.targets, device=device)
-    dist = metrics.distances(outputs.flatten(0, 1), images[targets].flatten(0, 1), which=("l2", "linf", "ssim"))
+    dist = metrics.distances(outputs.flatten(0, 1), images[targets].flatten(0, 1), which=metrics.PIXEL_DISTANCES)
     weights = geometry.triangle_grid(config.triangle_grid).to(device, images.dtype)
     p_src = []
     for s in range(len(images)):
@@ -74,10 +74,11 @@ def lst_fast_sweep(config: SweepConfig, device, workers: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         run_sweep(config, out, device=str(device), workers=workers, progress=False)
         results = tables.load_results(out)
-        files = sorted(Path(out, "units", "triangles").glob("*.safetensors"))
+        triangle_mean = schema.triangle_field("mean")
+        triangles = open_sweep(out).survey("triangles", keep=[triangle_mean.name]).finished
         return {
-            "l2": results.pairs["dist_l2"].double().mean().item(),
-            "triangle_mean": torch.cat([load_file(str(f))["tri_mean"] for f in files]).double().mean().item(),
+            "l2": schema.DISTANCE_FIELDS["l2"].of(results.pairs).double().mean().item(),
+            "triangle_mean": torch.cat([triangle_mean.of(u.tensors) for u in triangles]).double().mean().item(),
             "pairs": results.total_pairs,
         }
 

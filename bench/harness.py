@@ -15,13 +15,14 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from lst_fast.sweep import provenance
 
 
 def _process_seconds() -> float:
@@ -168,13 +169,12 @@ CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512", "amx")  # prefixes: avx512f, a
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
     """What decides whether two runs are comparable: CPU model and vector extensions, cores, threads,
-    library versions, GPU, load."""
+    library versions, GPU, load. The CPU and GPU are named as sweep units name them (lst_fast.sweep.provenance)."""
     device = torch.device(device)
-    model, flags = _cpuinfo()
     info = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": model,
-        "cpu_flags": sorted(f for f in flags if f.startswith(CPU_FLAGS_OF_INTEREST)),
+        "cpu": provenance.cpu_model(),
+        "cpu_flags": sorted(f for f in provenance.cpu_flags() if f.startswith(CPU_FLAGS_OF_INTEREST)),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -183,24 +183,10 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "torch": torch.__version__,
         "triton": _version_of("triton"),
         "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "gpu": provenance.device_name(device) if device.type == "cuda" else None,
         "cuda": torch.version.cuda,
     }
     return info
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    path = Path("/proc/cpuinfo")
-    model, flags = platform.processor() or platform.machine(), set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return model, flags
 
 
 def _version_of(module: str) -> str | None:
@@ -213,16 +199,9 @@ def _version_of(module: str) -> str | None:
 
 
 def git_commit() -> str:
-    """Short hash of HEAD, with "+dirty" when the working tree has changes; "unknown" outside git."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+    """The commit of the lst_fast checkout, with "+dirty" when tracked files have changes (as sweep units record
+    it); "unknown" outside git."""
+    return provenance.git_commit() or "unknown"
 
 
 def write_result(stem: Path, *, config: dict, rows: list[dict], device="cpu", with_csv: bool = True) -> Path:

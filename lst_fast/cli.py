@@ -124,9 +124,8 @@ def _add_path_options(group) -> None:
 
 
 def _add_sweep(commands) -> None:
-    from lst_fast.sweep.config import PHASES, SweepConfig
+    from lst_fast.sweep.config import GROUPS, PHASES
 
-    d = SweepConfig()
     sweep = commands.add_parser(
         "sweep",
         help="the full evaluation (spec section 6): LST over many pairs, resumable and sharded",
@@ -138,26 +137,9 @@ def _add_sweep(commands) -> None:
         "re-running the same command resumes; a different configuration is refused. Under torchrun each rank "
         "takes its own units; --shard I/N splits the units among separate jobs sharing the folder.",
     )
-    what = sweep.add_argument_group("model and data")
-    _add_model_and_data_options(what)
-    what.add_argument("--out", required=True, help="sweep folder (created; resumed if it exists)")
-
-    lst = sweep.add_argument_group("LST and evaluation settings")
-    lst.add_argument("--num-samples", type=_at_least_one, default=d.num_samples, help="images in the sweep")
-    lst.add_argument("--rounds", type=_at_least_one, default=d.rounds, help="random derangements (pairs per image)")
-    lst.add_argument("--batch-size", type=_at_least_one, default=d.batch_size,
-                     help="pairs per LST batch = sources per work unit")
-    lst.add_argument("--eval-batch-size", type=_at_least_one, default=d.eval_batch_size,
-                     help="images per forward-only model call (image selection, triangle statistics)")
-    _add_traversal_options(lst)
-    lst.add_argument("--min-conf", type=_non_negative_float, default=d.min_conf,
-                     help="keep only images classified with confidence above this (0: any correct image)")
-    lst.add_argument("--seed", type=_positive_int, default=d.seed,
-                     help="sweep seed: image order, derangements and every unit's noise derive from it")
-    lst.add_argument("--log-every", type=_at_least_one,
-                     help="record confidences along the path every N iterations (default: iters/20)")
-    lst.add_argument("--no-triangles", action="store_true", help="skip the triangle statistics (Table 2)")
-    lst.add_argument("--save-images", action="store_true", help="also write every LST output as PNG under OUT/images")
+    groups = {name: sweep.add_argument_group(name) for name in GROUPS}
+    groups[GROUPS[0]].add_argument("--out", required=True, help="sweep folder (created; resumed if it exists)")
+    _add_config_options(groups)
 
     run = sweep.add_argument_group("execution (not part of the configuration)")
     run.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
@@ -175,38 +157,47 @@ def _add_sweep(commands) -> None:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def _add_model_and_data_options(group) -> None:
-    """--model, --data and how to load them (lst-fast sweep and lst-fast examples)."""
-    from lst_fast.sweep.config import SweepConfig
+def _add_config_options(groups, names=None) -> None:
+    """One option per field of lst_fast.sweep.SweepConfig (or of its fields ``names``), in its group (``groups``:
+    group name -> argparse group), from the field: the name (--num-samples for num_samples), default, help text,
+    check and metavar; an on/off field gets --NAME and --no-NAME, a field of several numbers takes that many
+    values, and the traversal field the options of its swept settings."""
+    from lst_fast.sweep.config import Flag, Numbers, config_options
 
-    group.add_argument("--model", required=True,
-                       help="'embedded' (offline EfficientNet-Lite0), a timm model name, or "
-                       "'robustbench:[DATASET/[THREAT/]]NAME' (needs the robustbench package)")
-    group.add_argument("--data", required=True,
-                       help="'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the "
-                       "flat ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or "
-                       "'folder:DIR' (any images, no labels: the model's prediction is their label)")
-    group.add_argument("--checkpoint",
-                       help="local state dict (.pth/.pt/.safetensors) for the timm architecture --model")
-    group.add_argument("--num-classes", type=_at_least_one, help="classes of the checkpoint's head (timm models)")
-    group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=SweepConfig().pretrained,
-                       help="timm pretrained weights (downloaded by timm on first use); --no-pretrained: random init")
-    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                       help="normalisation mean (default: the model's pretrained_cfg)")
-    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                       help="normalisation std (default: the model's pretrained_cfg)")
-    group.add_argument("--image-size", type=_at_least_one,
-                       help="input size: resize to size*256/224, centre crop size (default 224; CIFAR-10: 32)")
+    for f in config_options():
+        if names is not None and f.name not in names:
+            continue
+        group = groups[f.metadata["group"]]
+        if f.name == "traversal":
+            _add_setting_options(group)
+            continue
+        check, flag = f.metadata["check"], "--" + f.name.replace("_", "-")
+        kwargs = {"default": f.default, "help": f.metadata["help"]}
+        if isinstance(check, Flag):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if isinstance(check, Numbers):
+            kwargs["nargs"] = check.count
+        if hasattr(check, "parse"):
+            kwargs["type"] = option_type(f.name, check)
+        kwargs["choices"] = getattr(check, "options", None)
+        kwargs["metavar"] = f.metadata["metavar"]
+        group.add_argument(flag, required=f.metadata["required"], **kwargs)
+
+
+def _add_model_and_data_options(group) -> None:
+    """SweepConfig's model and data options (--model, --data, --checkpoint, ...) in ``group`` (lst-fast examples)."""
+    from lst_fast.sweep.config import GROUPS, config_options
+
+    names = [f.name for f in config_options() if f.metadata["group"] == GROUPS[0]]
+    _add_config_options({GROUPS[0]: group}, names)
 
 
 def _add_traversal_options(group) -> None:
-    """The traversal's settings (see _add_setting_options) and the model's precision during LST."""
-    from lst_fast.sweep.config import SweepConfig
-    from lst_fast.model_runner import PRECISIONS
+    """The traversal's settings and the model's precision during LST, as the sweep has them (lst-fast examples)."""
+    from lst_fast.sweep.config import GROUPS
 
-    _add_setting_options(group)
-    group.add_argument("--precision", choices=list(PRECISIONS), default=SweepConfig().precision,
-                       help="model precision during LST (bf16/fp16: autocast; the images stay fp32)")
+    _add_config_options({GROUPS[1]: group}, ("traversal", "precision"))
 
 
 def _add_setting_options(group) -> None:
@@ -236,18 +227,20 @@ def option_type(name: str, rule):
 
 
 def _add_tables(commands) -> None:
-    from lst_fast.tables import FORMATS
+    from lst_fast.sweep.tables import FORMATS, WHICH
 
     tables = commands.add_parser(
         "tables",
-        help="the paper's Tables 1 and 2 from sweep folders (finished or not)",
+        help="the paper's Tables 1 and 2 and each sweep's cost, from sweep folders (finished or not)",
         formatter_class=_DefaultsFormatter,
         description="Table 1: distances of LST outputs to their targets; Table 2: triangle statistics per source; "
-        "each mean ± std, one row per sweep folder, with how many pairs and sources the finished units cover.",
+        "each mean ± std, one row per sweep folder, with how many pairs and sources the finished units cover; "
+        "then the cost: model evaluations per pair (mean, max) and seconds per pair. Each row names its folder "
+        "and the settings in which the shown sweeps differ.",
     )
     tables.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
     tables.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
-    tables.add_argument("--table", choices=("1", "2", "all"), default="all", help="which table(s)")
+    tables.add_argument("--table", choices=WHICH, default="all", help="which table(s): 1, 2, the cost, or all")
     tables.add_argument("--same-conditions", action="store_true",
                         help="refuse a sweep whose units were computed under different (or unrecorded) conditions "
                         "(threads, device, versions, ...): only then are its tables bit-identical to one "
@@ -258,9 +251,10 @@ def _add_info(commands) -> None:
     info = commands.add_parser(
         "info",
         help="a sweep folder's configuration, progress and the conditions its units were computed under",
-        description="Prints each sweep's configuration, how many units are finished, and the conditions they "
-        "were computed under (device and its model, threads, precision, backend, schedule, versions, commit) with "
-        "how many units each, and says whether they differ.",
+        description="Prints each sweep's configuration, how many units are finished (and which are corrupt or "
+        "missing, judged as 'lst-fast tables' judges them), and the conditions they were computed under (device "
+        "and its model, threads, precision, backend, schedule, versions, commit) with how many units each, and says "
+        "whether they differ.",
     )
     info.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
 
@@ -335,16 +329,10 @@ def _add_plot(commands) -> None:
 def _sweep(args) -> int:
     from lst_fast.settings import SWEEP_SETTINGS
     from lst_fast.sweep import SweepConfig, run_sweep
+    from lst_fast.sweep.config import config_options
 
-    config = SweepConfig(
-        model=args.model, data=args.data, checkpoint=args.checkpoint, num_classes=args.num_classes,
-        pretrained=args.pretrained, mean=None if args.mean is None else tuple(args.mean),
-        std=None if args.std is None else tuple(args.std), image_size=args.image_size,
-        num_samples=args.num_samples, rounds=args.rounds, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, precision=args.precision, min_conf=args.min_conf, seed=args.seed,
-        triangles=not args.no_triangles, log_every=args.log_every, save_images=args.save_images,
-        **{f.name: getattr(args, f.name) for f in SWEEP_SETTINGS},
-    )
+    names = [f.name for f in config_options() if f.name != "traversal"] + [f.name for f in SWEEP_SETTINGS]
+    config = SweepConfig(**{name: _value(getattr(args, name)) for name in names})
     report = run_sweep(
         config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
         wait=args.wait, progress=not args.no_progress, lpips_weights=args.lpips_weights,
@@ -354,8 +342,13 @@ def _sweep(args) -> int:
     return EXIT_WAITING if report.waiting else 0
 
 
+def _value(parsed):
+    """An option's value as SweepConfig takes it: several numbers as a tuple."""
+    return tuple(parsed) if isinstance(parsed, list) else parsed
+
+
 def _tables(args) -> int:
-    from lst_fast.tables import render
+    from lst_fast.sweep.tables import render
 
     print(render(args.dirs, args.format, args.table, same_conditions=args.same_conditions), end="")
     return 0

@@ -11,7 +11,7 @@ Here every model evaluation goes through the model runner (:meth:`lst_fast.model
 on the batch-norm-folded channels_last copy of the model that the fast loop runs), which packs the points of
 many pairs, triangles or samples into model calls of ``batch_size`` points. Grid points that several
 triangles share (their source, and the edge towards an output used in several triangles) are evaluated once.
-Tables of these statistics (mean ± std) are made by :mod:`lst_fast.tables`.
+Tables of these statistics (mean ± std) are made by :mod:`lst_fast.sweep.tables`.
 """
 
 from __future__ import annotations

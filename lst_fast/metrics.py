@@ -133,7 +133,9 @@ def _lpips(outs: torch.Tensor, tgts: torch.Tensor, *, weights=None, pnet_rand: b
 
 DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "l2": l2, "linf": linf, "ssim": ssim, "lpips": lpips,
-}
+}  # every distance, by the name that sweeps, tables and ``which`` use
+PIXEL_DISTANCES = ("l2", "linf", "ssim")  # computed from the pixels alone: they run everywhere
+LEARNED_DISTANCES = ("lpips",)  # need a network's weights (see alexnet_weights_path)
 
 
 def available_distances(lpips_weights: str | Path | None = None) -> tuple[str, ...]:
@@ -144,7 +146,7 @@ def available_distances(lpips_weights: str | Path | None = None) -> tuple[str, .
 def distances(
     outs: torch.Tensor,
     tgts: torch.Tensor,
-    which: Sequence[str] = ("l2", "linf", "ssim", "lpips"),
+    which: Sequence[str] = tuple(DISTANCES),
     *,
     lpips_weights: str | Path | None = None,
 ) -> dict[str, torch.Tensor]:

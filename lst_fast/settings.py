@@ -66,11 +66,12 @@ def check_record(name: str, record) -> tuple[str, ...]:
     return record
 
 
-def setting(default, help: str, check, *, sweep: bool = False):
+def setting(default, help: str, check, *, sweep: bool = False, schedules: tuple[str, ...] = SCHEDULES):
     """A field of :class:`TraversalSettings`: its default, help text (documentation and command line), check
-    (``check(name, value)`` returns the normalised value or raises), and whether ``lst-fast sweep`` has an
-    option for it (``check`` must then be a :class:`Number` or a :class:`Choice`, which can parse text)."""
-    return field(default=default, metadata={"help": help, "check": check, "sweep": sweep})
+    (``check(name, value)`` returns the normalised value or raises), whether ``lst-fast sweep`` has an
+    option for it (``check`` must then be a :class:`Number` or a :class:`Choice`, which can parse text), and the
+    schedules that read it (under the others it changes nothing; see :func:`settings_read_by`)."""
+    return field(default=default, metadata={"help": help, "check": check, "sweep": sweep, "schedules": schedules})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,14 +104,16 @@ class TraversalSettings:
         sweep=True,
     )
     step_growth: float = setting(
-        1.3, "adaptive schedule: step scale factor after an accepted candidate (>= 1)", Number(minimum=1), sweep=True
+        1.3, "adaptive schedule: step scale factor after an accepted candidate (>= 1)", Number(minimum=1), sweep=True,
+        schedules=("adaptive",),
     )
     step_shrink: float = setting(
         0.5, "adaptive schedule: step scale factor after a rejected candidate (in (0, 1])",
-        Number(minimum=0, strict=True), sweep=True,
+        Number(minimum=0, strict=True), sweep=True, schedules=("adaptive",),
     )
     max_step_scale: float = setting(
-        10.0, "adaptive schedule: largest step, in multiples of step_size (>= 1)", Number(minimum=1), sweep=True
+        10.0, "adaptive schedule: largest step, in multiples of step_size (>= 1)", Number(minimum=1), sweep=True,
+        schedules=("adaptive",),
     )
 
     def __post_init__(self):
@@ -131,6 +134,13 @@ class TraversalSettings:
 
 SETTING_NAMES = tuple(f.name for f in fields(TraversalSettings))
 SWEEP_SETTINGS = tuple(f for f in fields(TraversalSettings) if f.metadata["sweep"])  # lst-fast sweep's options
+
+
+def settings_read_by(schedule: str) -> tuple[str, ...]:
+    """The names of the settings that ``schedule`` (one of :data:`SCHEDULES`) reads; the others change nothing
+    under it."""
+    Choice(SCHEDULES)("schedule", schedule)
+    return tuple(f.name for f in fields(TraversalSettings) if schedule in f.metadata["schedules"])
 
 
 def check_settings(settings: TraversalSettings | None = None, /, **keywords) -> TraversalSettings:

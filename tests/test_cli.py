@@ -2,6 +2,9 @@
 saved images, and a small sweep of the offline model."""
 
 import argparse
+import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -9,7 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import lst_fast.sweep
 from lst_fast import cli
+from lst_fast.settings import SWEEP_SETTINGS
+from lst_fast.sweep import SweepConfig
+from lst_fast.sweep.config import config_options
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -121,7 +128,7 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
     assert "Table 2" not in markdown
     assert cli.main(["tables", str(out), "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.startswith("model,data,schedule,pairs,pairs_total,l2_mean,l2_std")
+    assert header.startswith("sweep,model,data,schedule,pairs,pairs_total,l2_mean,l2_std")
 
 
 def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys, one_thread):
@@ -154,12 +161,101 @@ def test_plot_writes_the_figures_of_a_sweep(image_folder, tiny_checkpoint, tmp_p
             assert image.format == "PNG" and min(image.size) > 200
 
 
-def test_plot_of_an_empty_sweep_is_an_error(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+def test_plot_and_info_of_an_empty_sweep(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
     out = tmp_path / "sweep"
     assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--phase", "triangles", "--wait", "0")) == 3
     capsys.readouterr()
     assert cli.main(["plot", str(out)]) == 2
     assert "has no finished LST unit yet" in capsys.readouterr().err
+    assert cli.main(["info", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  units: traverse 0/2 finished (2 missing); triangles 0/1 finished (1 missing)" in lines
+    assert lines[-1] == "  no finished units yet, so no conditions to list"
+    assert not any(line.endswith(":") for line in lines)
+
+
+def test_tables_name_each_sweep_and_the_settings_that_differ(image_folder, tiny_checkpoint, tmp_path, capsys,
+                                                              one_thread):
+    folders = [tmp_path / "one_iteration", tmp_path / "two_iterations"]
+    for out, iters in zip(folders, ("1", "2")):
+        args = _tiny_sweep_args(image_folder, tiny_checkpoint, out, "--no-triangles")
+        args[args.index("--iters") + 1] = iters
+        assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(["tables", *map(str, folders), "--table", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| sweep | model | data | schedule | iters | pairs | L2/sqrt(D) |")
+    data = f"folder:{image_folder}"
+    assert lines[4].startswith(f"| {folders[0]} | test_efficientnet | {data} | paper | 1 | 6 |")
+    assert lines[5].startswith(f"| {folders[1]} | test_efficientnet | {data} | paper | 2 | 6 |")
+    assert cli.main(["tables", *map(str, folders), "--table", "cost", "--format", "csv"]) == 0
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.startswith("sweep,model,data,schedule,iters,pairs,evaluations_mean,evaluations_max")
+    assert first.startswith(f"{folders[0]},test_efficientnet,{data},paper,1,6.0,2.0,2.0,")  # iters + 1 evaluations
+    assert second.startswith(f"{folders[1]},test_efficientnet,{data},paper,2,6.0,3.0,3.0,")
+    assert cli.main(["tables", str(folders[0])]) == 0  # one sweep alone: nothing differs
+    assert "| sweep | model | data | schedule | pairs |" in capsys.readouterr().out
+
+
+def test_knobs_of_another_schedule_do_not_lock_the_folder(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    out = tmp_path / "sweep"
+    args = _tiny_sweep_args(image_folder, tiny_checkpoint, out, "--no-triangles")
+    assert cli.main(args + ["--step-growth", "2.0"]) == 0  # changes nothing under the paper's schedule
+    manifest = out / "manifest.json"
+    stored = json.loads(manifest.read_text())
+    assert not {"step_growth", "step_shrink", "max_step_scale"} & set(stored["config"])
+    capsys.readouterr()
+    assert cli.main(args) == 0  # resumed without it
+    assert "LST: 0 units (0 pairs" in capsys.readouterr().out
+    # a folder whose manifest holds them, as lst_fast wrote every schedule's settings before, still resumes
+    stored["config"] |= {"step_growth": 2.0, "step_shrink": 0.5, "max_step_scale": 10.0}
+    manifest.write_text(json.dumps(stored))
+    assert cli.main(args + ["--step-shrink", "0.25"]) == 0
+    assert "LST: 0 units (0 pairs, 0.00 pairs/s), 2 already done" in capsys.readouterr().out
+
+
+def test_files_of_a_sweep_follow_the_umask(image_folder, tiny_checkpoint, tmp_path, one_thread):
+    out = tmp_path / "sweep"
+    previous = os.umask(0o027)
+    try:
+        assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--save-images")) == 0
+    finally:
+        os.umask(previous)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    kinds = {p.name if p.suffix == ".json" else p.suffix for p in files}
+    assert kinds == {"manifest.json", "selection.json", ".safetensors", ".png"}
+    assert {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files} == {
+        p.relative_to(out).as_posix(): 0o640 for p in files}  # 0o666 less the umask, like any new file
+
+
+def test_sweep_config_options_come_from_its_fields(monkeypatch):
+    parser = cli.build_parser()
+    (sweep,) = [a.choices["sweep"] for a in parser._actions if getattr(a, "choices", None) and "sweep" in a.choices]
+    actions = {a.dest: a for a in sweep._actions}
+    for f in config_options():
+        if f.name == "traversal":
+            continue
+        assert actions[f.name].help == f.metadata["help"] and actions[f.name].default == f.default, f.name
+
+    class Captured(Exception):
+        pass
+
+    def capture(config, *args, **kwargs):
+        raise Captured(config)
+
+    monkeypatch.setattr(lst_fast.sweep, "run_sweep", capture)
+    argv = ["sweep", "--model", "m", "--data", "embedded", "--out", "x", "--mean", "0.1", "0.2", "0.3", "--std", "1",
+            "1", "2", "--num-samples", "9", "--no-triangles", "--triangle-grid", "4", "--save-images", "--iters", "3",
+            "--no-pretrained", "--precision", "bf16", "--log-every", "2", "--image-size", "64", "--num-classes", "7"]
+    with pytest.raises(Captured) as got:
+        cli.main(argv)
+    want = SweepConfig(model="m", data="embedded", mean=(0.1, 0.2, 0.3), std=(1.0, 1.0, 2.0), num_samples=9,
+                       triangles=False, triangle_grid=4, save_images=True, iters=3, pretrained=False, precision="bf16",
+                       log_every=2, image_size=64, num_classes=7)
+    assert got.value.args[0] == want
+    assert {f.name for f in SWEEP_SETTINGS} <= set(actions)
+    with pytest.raises(SystemExit):  # a field's check refuses it before any work
+        parser.parse_args(["sweep", "--model", "m", "--data", "embedded", "--out", "x", "--image-size", "4"])
 
 
 def test_lpips_column_with_local_alexnet_weights(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):

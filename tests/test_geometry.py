@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lst_fast import fast, geometry, reference, tables, traversal
+from lst_fast import fast, geometry, reference, traversal
 from lst_fast.classifier import model_guard
 from lst_fast.settings import check_settings
+from lst_fast.sweep import tables
 
 FRACTIONS = ("frac_0.0", "frac_0.1", "frac_0.2", "frac_0.3")
 

@@ -97,12 +97,14 @@ def test_sweep_config_embeds_the_settings():
 
 
 def test_manifest_keys_are_flat_and_unchanged():
-    """The manifest's configuration stays the flat dict that sweep folders made before this class hold."""
+    """The manifest's configuration stays the flat dict that sweep folders made before this class hold, less the
+    settings that the sweep's schedule does not read."""
     identity = SweepConfig().identity(normalization=((0.5,) * 3, (0.2,) * 3), distances=("l2",))
     assert list(identity) == [
         "model", "data", "checkpoint", "num_classes", "pretrained", "mean", "std", "image_size", "num_samples",
         "rounds", "batch_size", "eval_batch_size", "iters", "step_size", "pthresh", "adv_step_size", "init_noise",
-        "schedule", "step_growth", "step_shrink", "max_step_scale", "precision", "min_conf", "seed", "triangles", "triangle_grid", "log_every", "save_images", "distances",
+        "schedule", "precision", "min_conf", "seed", "triangles", "triangle_grid", "log_every", "save_images",
+        "distances",
     ]
     older = {k: v for k, v in identity.items() if k != "init_noise"}  # a folder made before init_noise existed
     assert differences(older, identity) == []
@@ -110,7 +112,13 @@ def test_manifest_keys_are_flat_and_unchanged():
     before_schedules = {k: v for k, v in identity.items() if k not in schedule_keys}
     assert differences(before_schedules, identity) == []  # folders made before the adaptive schedule still resume
     adaptive = SweepConfig(schedule="adaptive").identity(normalization=((0.5,) * 3, (0.2,) * 3), distances=("l2",))
-    assert differences(before_schedules, adaptive) == ["schedule: 'paper' in the folder, 'adaptive' now"]
+    assert list(adaptive) == [k for k in identity if k != "log_every"][:18] + [
+        "step_growth", "step_shrink", "max_step_scale"] + [k for k in identity if k != "log_every"][18:]
+    assert differences(before_schedules, adaptive) == [
+        "log_every: 20 in the folder, not used now", "max_step_scale: not used in the folder, 10.0 now",
+        "schedule: 'paper' in the folder, 'adaptive' now", "step_growth: not used in the folder, 1.3 now",
+        "step_shrink: not used in the folder, 0.5 now",
+    ]
     changed = SweepConfig(init_noise=0.0).identity(normalization=((0.5,) * 3, (0.2,) * 3), distances=("l2",))
     assert differences(older, changed) == [f"init_noise: {4 / 255!r} in the folder, 0.0 now"]
 

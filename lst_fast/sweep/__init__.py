@@ -1,12 +1,15 @@
 """Dataset-scale LST sweeps (spec section 6): resumable, sharded across processes and machines.
 
-``run_sweep(SweepConfig(...), out_dir)`` runs or resumes this process's share of a sweep; ``lst_fast.tables``
-turns a sweep folder into the paper's Tables 1 and 2. Modules: :mod:`~lst_fast.sweep.config` (settings and
-their identity), :mod:`~lst_fast.sweep.plan` (pairs, units, seeds), :mod:`~lst_fast.sweep.placement` (which
-process does what, on which device), :mod:`~lst_fast.sweep.selection` (which images),
-:mod:`~lst_fast.sweep.store` (the folder and its atomic unit files), :mod:`~lst_fast.sweep.provenance` (what
-computed each unit), :mod:`~lst_fast.sweep.evaluation` (distances and triangle statistics),
-:mod:`~lst_fast.sweep.runner` (the phases), :mod:`~lst_fast.sweep.info` (``lst-fast info``).
+``run_sweep(SweepConfig(...), out_dir)`` runs or resumes this process's share of a sweep;
+:mod:`lst_fast.sweep.tables` turns a sweep folder into the paper's Tables 1 and 2 and each sweep's cost. Modules:
+:mod:`~lst_fast.sweep.config` (settings and their identity), :mod:`~lst_fast.sweep.plan` (pairs, units, seeds),
+:mod:`~lst_fast.sweep.placement` (which process does what, on which device), :mod:`~lst_fast.sweep.selection`
+(which images), :mod:`~lst_fast.sweep.schema` (what each unit file holds), :mod:`~lst_fast.sweep.store` (the
+folder's files, written atomically), :mod:`~lst_fast.sweep.folder` (reading a sweep folder: one verdict per unit),
+:mod:`~lst_fast.sweep.provenance` (what computed each unit), :mod:`~lst_fast.sweep.evaluation` (distances,
+target confidences and triangle statistics), :mod:`~lst_fast.sweep.runner` (the phases),
+:mod:`~lst_fast.sweep.tables` (``lst-fast tables``), :mod:`~lst_fast.sweep.info` (``lst-fast info``),
+:mod:`~lst_fast.sweep.figures` (``lst-fast plot``).
 """
 
 from lst_fast.sweep.config import SweepConfig

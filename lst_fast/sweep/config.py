@@ -1,20 +1,89 @@
-"""The configuration of a sweep: what is compared before a run may add to an existing sweep folder."""
+"""The configuration of a sweep: what is compared before a run may add to an existing sweep folder.
+
+Every field of :class:`SweepConfig` carries its help text, check and command-line group (:func:`option`);
+``lst-fast sweep`` makes one option of each, as it does for the swept :class:`TraversalSettings`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lst_fast.data import parse_data_spec
 from lst_fast.models import file_sha256
-from lst_fast.schedules import schedule_named
-from lst_fast.settings import SWEEP_SETTINGS, TraversalSettings
 from lst_fast.model_runner import PRECISIONS
-from lst_fast.validation import check_bool, check_number
+from lst_fast.schedules import schedule_named
+from lst_fast.settings import SWEEP_SETTINGS, Choice, Number, TraversalSettings, settings_read_by
+from lst_fast.validation import check_bool
 
 PHASES = ("all", "traverse", "triangles")
 SWEPT = tuple(f.name for f in SWEEP_SETTINGS)  # the settings of TraversalSettings that a sweep varies
+GROUPS = ("model and data", "LST and evaluation settings")  # the command line's groups of SweepConfig options
+RECORDING_SCHEDULES = ("paper",)  # the schedules whose sweeps record confidences along the path (log_every)
+
+
+@dataclass(frozen=True)
+class Text:
+    """The rule of a non-empty string setting (None passes if ``allow_none``)."""
+
+    allow_none: bool = False
+
+    def __call__(self, name: str, value):
+        if value is None and self.allow_none:
+            return None
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{name} must be a non-empty string, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The rule of an on/off setting (the command line offers --NAME and --no-NAME)."""
+
+    def __call__(self, name: str, value):
+        return check_bool(name, value)
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The rule of ``count`` numbers given together (None passes), e.g. a per-channel normalisation."""
+
+    count: int
+    item: Number = Number()
+
+    def __call__(self, name: str, value):
+        if value is None:
+            return None
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != self.count:
+            raise ValueError(f"{name} must be {self.count} numbers, got {value!r}")
+        return tuple(self.item(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+    def parse(self, name: str, text: str):
+        """One of the numbers, from the command line's text."""
+        return self.item.parse(name, text)
+
+
+def _data(name: str, value):
+    parse_data_spec(value)  # raises naming the data spec
+    return value
+
+
+def _existing_file(name: str, value):
+    if value is not None and not Path(value).is_file():
+        raise FileNotFoundError(f"{name} {value!r} does not exist")
+    return value
+
+
+def option(default, help: str, check, *, group: str, required: bool = False, metavar=None):
+    """A field of :class:`SweepConfig`: its default, help text, check (``check(name, value)`` returns the value or
+    raises naming the field; a :class:`~lst_fast.settings.Number` or :class:`~lst_fast.settings.Choice` also parses
+    the command line's text), its group of ``lst-fast sweep`` options, whether the command line requires it, and
+    the metavar of its option."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    metadata = {"help": help, "check": check, "group": group, "required": required, "metavar": metavar}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, init=False)
@@ -33,26 +102,78 @@ class SweepConfig:
     does). The sweep chooses what is recorded along the path (see :meth:`lst_settings`).
     """
 
-    model: str = "embedded"
-    data: str = "embedded"
-    checkpoint: str | None = None
-    num_classes: int | None = None
-    pretrained: bool = True
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    image_size: int | None = None
-    num_samples: int = 1000
-    rounds: int = 5
-    batch_size: int = 196
-    eval_batch_size: int = 128  # images per forward-only model call (image selection, triangle statistics)
-    traversal: TraversalSettings = TraversalSettings()
-    precision: str = "fp32"  # or "bf16"/"fp16": the model runs under autocast during LST
-    min_conf: float = 0.6
-    seed: int = 0
-    triangles: bool = True
-    triangle_grid: int = 10  # the triangle is sampled at steps of 1/triangle_grid (spec: 0, 0.1, ..., 1)
-    log_every: int | None = None  # confidence recorded along the path every log_every iterations; None: iters/20
-    save_images: bool = False
+    model: str = option(
+        "embedded", "'embedded' (offline EfficientNet-Lite0), a timm model name, or "
+        "'robustbench:[DATASET/[THREAT/]]NAME' (needs the robustbench package)", Text(), group=GROUPS[0],
+        required=True,
+    )
+    data: str = option(
+        "embedded", "'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the flat "
+        "ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or 'folder:DIR' (any "
+        "images, no labels: the model's prediction is their label)", _data, group=GROUPS[0], required=True,
+    )
+    checkpoint: str | None = option(
+        None, "local state dict (.pth/.pt/.safetensors) for the timm architecture --model", _existing_file,
+        group=GROUPS[0],
+    )
+    num_classes: int | None = option(
+        None, "classes of the checkpoint's head (timm models)", Number(minimum=2, integer=True, allow_none=True),
+        group=GROUPS[0],
+    )
+    pretrained: bool = option(
+        True, "timm pretrained weights (downloaded by timm on first use); --no-pretrained: random init", Flag(),
+        group=GROUPS[0],
+    )
+    mean: tuple[float, ...] | None = option(
+        None, "normalisation mean (default: the model's pretrained_cfg)", Numbers(3), group=GROUPS[0],
+        metavar=("R", "G", "B"),
+    )
+    std: tuple[float, ...] | None = option(
+        None, "normalisation std (default: the model's pretrained_cfg)", Numbers(3, Number(minimum=0, strict=True)),
+        group=GROUPS[0], metavar=("R", "G", "B"),
+    )
+    image_size: int | None = option(
+        None, "input size: resize to size*256/224, centre crop size (default 224; CIFAR-10: 32)",
+        Number(minimum=8, integer=True, allow_none=True), group=GROUPS[0],
+    )
+    num_samples: int = option(1000, "images in the sweep", Number(minimum=1, integer=True), group=GROUPS[1])
+    rounds: int = option(5, "random derangements (pairs per image)", Number(minimum=1, integer=True), group=GROUPS[1])
+    batch_size: int = option(
+        196, "pairs per LST batch = sources per work unit", Number(minimum=1, integer=True), group=GROUPS[1]
+    )
+    eval_batch_size: int = option(
+        128, "images per forward-only model call (image selection, target confidences, triangle statistics)",
+        Number(minimum=1, integer=True), group=GROUPS[1],
+    )
+    traversal: TraversalSettings = field(  # its swept settings are options of their own
+        default=TraversalSettings(), metadata={"help": "the traversal's settings", "group": GROUPS[1]}
+    )
+    precision: str = option(
+        "fp32", "model precision during LST (bf16/fp16: autocast; the images stay fp32)", Choice(tuple(PRECISIONS)),
+        group=GROUPS[1],
+    )
+    min_conf: float = option(
+        0.6, "keep only images classified with confidence above this (0: any correct image)", Number(minimum=0),
+        group=GROUPS[1],
+    )
+    seed: int = option(
+        0, "sweep seed: image order, derangements and every unit's noise derive from it",
+        Number(minimum=0, integer=True), group=GROUPS[1],
+    )
+    triangles: bool = option(
+        True, "the triangle statistics (Table 2); --no-triangles skips them", Flag(), group=GROUPS[1]
+    )
+    triangle_grid: int = option(
+        10, "the triangles are sampled at steps of 1/N (the spec: 0, 0.1, ..., 1)", Number(minimum=1, integer=True),
+        group=GROUPS[1], metavar="N",
+    )
+    log_every: int | None = option(
+        None, "record confidences along the path every N iterations (paper schedule; default: iters/20)",
+        Number(minimum=1, integer=True, allow_none=True), group=GROUPS[1], metavar="N",
+    )
+    save_images: bool = option(
+        False, "also write every LST output as PNG under OUT/images", Flag(), group=GROUPS[1]
+    )
 
     def __init__(self, **values):
         swept = {name: values.pop(name) for name in SWEPT if name in values}
@@ -88,16 +209,16 @@ class SweepConfig:
         return dataclasses.replace(self.traversal, **recorded)
 
     def checked(self) -> "SweepConfig":
-        """This configuration after checking every field; raises ValueError/TypeError naming the field."""
-        for name in ("num_samples", "rounds", "batch_size", "eval_batch_size"):
-            check_number(name, getattr(self, name), minimum=1, integer=True)
-        check_number("seed", self.seed, minimum=0, integer=True)
-        check_number("triangle_grid", self.triangle_grid, minimum=1, integer=True)
-        min_conf = check_number("min_conf", self.min_conf, minimum=0)
-        if min_conf >= 1:
-            raise ValueError(f"min_conf must be in [0, 1), got {min_conf}")
-        for name in ("pretrained", "triangles", "save_images"):
-            check_bool(name, getattr(self, name))
+        """This configuration after checking every field.
+
+        Raises:
+            ValueError, TypeError, FileNotFoundError: naming the field and what was expected.
+        """
+        for f in dataclasses.fields(self):
+            if "check" in f.metadata:
+                f.metadata["check"](f.name, getattr(self, f.name))
+        if self.min_conf >= 1:
+            raise ValueError(f"min_conf must be in [0, 1), got {self.min_conf}")
         if self.triangles and self.rounds < 2:
             raise ValueError(
                 f"rounds must be >= 2 for the triangle statistics (one triangle per pair of rounds), got "
@@ -108,21 +229,8 @@ class SweepConfig:
                 f"num_samples must be >= 2 and > rounds (every source needs a different target in each round), "
                 f"got num_samples={self.num_samples}, rounds={self.rounds}"
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std must be given together")
-        if self.num_classes is not None:
-            check_number("num_classes", self.num_classes, minimum=2, integer=True)
-        if self.image_size is not None:
-            check_number("image_size", self.image_size, minimum=8, integer=True)
-        if self.log_every is not None:
-            check_number("log_every", self.log_every, minimum=1, integer=True)
-        if not isinstance(self.model, str) or not self.model:
-            raise TypeError(f"model must be a non-empty string, got {self.model!r}")
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint!r} does not exist")
-        parse_data_spec(self.data)
         return self
 
     @property
@@ -137,18 +245,49 @@ class SweepConfig:
 
         Paths are made absolute and the checkpoint is identified by its content (SHA-256), so the same sweep
         can be continued from another working folder; the effective normalisation and the distances chosen at
-        the start are part of it.
+        the start are part of it. Settings that change nothing under the sweep's schedule are left out (the
+        adaptive schedule's knobs under the paper's, the path's ``log_every`` under the adaptive one), so they
+        never keep a run from adding to the folder.
         """
+        used = _used_by(self.schedule)
         fields = {}
         for f in dataclasses.fields(self):  # the swept settings in traversal's place, as flat keys
-            fields |= {name: getattr(self, name) for name in SWEPT} if f.name == "traversal" else {
-                f.name: getattr(self, f.name)}
+            if f.name == "traversal":
+                fields |= {name: getattr(self, name) for name in SWEPT if name in used}
+            elif f.name in used or f.name not in _SCHEDULED:
+                fields[f.name] = getattr(self, f.name)
         fields["data"] = str(parse_data_spec(self.data))
         fields["checkpoint"] = None if self.checkpoint is None else "sha256:" + file_sha256(self.checkpoint)
         fields["mean"], fields["std"] = (list(v) for v in normalization)
-        fields["log_every"] = self.path_log_every
+        if "log_every" in fields:
+            fields["log_every"] = self.path_log_every
         fields["distances"] = list(distances)
         return fields
+
+
+def config_options() -> tuple[dataclasses.Field, ...]:
+    """The fields of :class:`SweepConfig` that ``lst-fast sweep`` has options for (all of them; ``traversal``
+    stands for the options of its swept settings), in the order of the class."""
+    return tuple(f for f in dataclasses.fields(SweepConfig) if "group" in f.metadata)
+
+
+_SCHEDULED = set(SWEPT) | {"log_every"}  # the identity's keys that only some schedules read
+
+
+def _used_by(schedule: str) -> set[str]:
+    """The identity's keys of :data:`_SCHEDULED` that a sweep of ``schedule`` reads."""
+    swept = set(settings_read_by(schedule)) & set(SWEPT)  # (TraversalSettings.log_every is not the sweep's)
+    return swept | ({"log_every"} if schedule in RECORDING_SCHEDULES else set())
+
+
+def comparable(identity: dict) -> dict:
+    """A stored or current identity as it is compared: the swept settings its schedule reads, at their defaults
+    where it lacks them (its folder was made before the setting existed), and none that its schedule ignores
+    (folders made before schedule-specific settings were left out of the identity hold them all)."""
+    schedule = identity.get("schedule", "paper")
+    used = _used_by(schedule)
+    defaults = {name: getattr(TraversalSettings(), name) for name in SWEPT if name in used}
+    return {k: v for k, v in (defaults | identity).items() if k not in _SCHEDULED or k in used}
 
 
 def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> SweepConfig:
@@ -156,8 +295,11 @@ def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> Sw
 
     The manifest identifies a checkpoint by its SHA-256; its path is taken from ``checkpoint`` or else from where
     the first run found it, and must still hold the same file.
+
+    Raises:
+        FileNotFoundError: the checkpoint is not where it is looked for.
     """
-    identity = manifest["config"]
+    identity = comparable(manifest["config"])
     names = {f.name for f in dataclasses.fields(SweepConfig)} | set(SWEPT)
     fields = {k: v for k, v in identity.items() if k in names}
     fields["mean"], fields["std"] = tuple(identity["mean"]), tuple(identity["std"])
@@ -172,14 +314,16 @@ def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> Sw
 
 
 def differences(stored: dict, current: dict) -> list[str]:
-    """Human-readable list of the fields in which two configurations differ.
-
-    A swept setting that a stored configuration lacks (its folder was made before the setting existed) counts
-    as its default there, so adding a setting to TraversalSettings keeps older sweep folders usable.
-    """
-    defaults = {name: getattr(TraversalSettings(), name) for name in SWEPT}
-    stored = defaults | stored
+    """Human-readable list of the fields in which two configurations differ, compared as :func:`comparable`
+    makes them: adding a setting to TraversalSettings keeps older sweep folders usable, and settings that the
+    schedule ignores are never a difference."""
+    stored, current = comparable(stored), comparable(current)
     keys = sorted(set(stored) | set(current))
     return [
-        f"{k}: {stored.get(k)!r} in the folder, {current.get(k)!r} now" for k in keys if stored.get(k) != current.get(k)
+        f"{k}: {_shown(stored, k)} in the folder, {_shown(current, k)} now" for k in keys
+        if stored.get(k) != current.get(k)
     ]
+
+
+def _shown(identity: dict, key: str) -> str:
+    return repr(identity[key]) if key in identity else "not used"

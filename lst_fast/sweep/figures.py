@@ -24,11 +24,12 @@ import torch
 from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
 from lst_fast.schedules import schedule_named
+from lst_fast.sweep import schema
 from lst_fast.sweep.config import config_from_manifest
+from lst_fast.sweep.folder import FINISHED, open_sweep
 from lst_fast.sweep.placement import resolve_device, resolve_placement
-from lst_fast.sweep.plan import make_plan, unit_generator
+from lst_fast.sweep.plan import unit_generator
 from lst_fast.sweep.runner import load_sweep_model
-from lst_fast.sweep.store import SweepStore
 
 
 def plot_sweep(
@@ -45,42 +46,41 @@ def plot_sweep(
     first ``pairs`` pairs / sources; returns the files written."""
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise ValueError(f"pairs must be an int >= 1, got {pairs!r}")
-    store = SweepStore(out_dir)
-    manifest, selection = store.read_existing()
-    config = config_from_manifest(manifest, checkpoint=checkpoint)
+    folder = open_sweep(out_dir)
+    config = config_from_manifest(folder.manifest, checkpoint=checkpoint)
     figures = Path(figures_dir) if figures_dir is not None else Path(out_dir) / "figures"
-    plan = make_plan(len(selection["indices"]), config.rounds, config.batch_size, config.seed)
-    finished = [u for u in plan.traverse if store.finished("traverse", u.name)]
-    if not finished:
+    plan, selection = folder.plan, folder.selection
+
+    def unit_tensors(unit):  # None unless the unit is finished (a corrupt one is left out like a missing one)
+        verdict = folder.verdict("traverse", unit.name)
+        return verdict.tensors if verdict.verdict == FINISHED else None
+
+    first, saved = next(((u, t) for u in plan.traverse for t in [unit_tensors(u)] if t is not None), (None, None))
+    if first is None:
         raise ValueError(f"{out_dir} has no finished LST unit yet; nothing to plot")
-
-    def unit_tensors(unit):  # None while the unit is not finished
-        return store.read_unit("traverse", unit.name, manifest["config_id"])
-
     device = resolve_device(device, resolve_placement())
     model, normalizer = load_sweep_model(config)
     model, normalizer = model.to(device), normalizer.to(device)
     dataset = data.open_dataset(config.data, image_size=config.image_size)
 
     def images(positions) -> torch.Tensor:
-        return torch.stack([dataset[selection["indices"][p]][0] for p in positions]).to(device)
+        return torch.stack([dataset[selection.indices[p]][0] for p in positions]).to(device)
 
     def name(position: int) -> str:
-        return image_name(dataset, selection["indices"][position], position)
+        return image_name(dataset, selection.indices[position], position)
 
-    first = finished[0]
-    saved = unit_tensors(first)
     k = min(pairs, len(first.sources))
     names = [f"{name(s)} -> {name(t)}" for s, t in zip(first.sources[:k], first.targets[:k])]
-    labels = saved["labels"][:k].to(device)
+    labels = schema.LABELS.of(saved)[:k].to(device)
     written = []
-    if "path_conf" in saved:
+    path_conf = schema.PATH_CONF.of(saved)
+    if path_conf is not None:
         written.append(plots.confidence_path_plot(
-            saved["path_iters"], saved["path_conf"][:k], saved["path_target_conf"][:k],
+            schema.PATH_ITERS.of(saved), path_conf[:k], schema.PATH_TARGET_CONF.of(saved)[:k],
             figures / "confidence_paths.png", labels=names,
         ))
     conf = geometry.interpolation_conf(
-        model, images(first.sources[:k]), saved["outputs"][:k].to(device), labels, normalizer=normalizer,
+        model, images(first.sources[:k]), schema.OUTPUTS.of(saved)[:k].to(device), labels, normalizer=normalizer,
         batch_size=config.eval_batch_size,
     )
     written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
@@ -126,13 +126,14 @@ def _triangles(
         first, second = (unit_tensors(n) for n in unit.needs[:2])
         if first is None or second is None:
             continue
-        keep = (first["valid"] & second["valid"]).nonzero().squeeze(1)[: count - len(written)].tolist()
+        keep = (schema.VALID.of(first) & schema.VALID.of(second)).nonzero().squeeze(1)[: count - len(written)].tolist()
         if not keep:
             continue
         srcs = images([unit.sources[i] for i in keep])
-        out_a, out_b = first["outputs"][keep].to(device), second["outputs"][keep].to(device)
+        out_a, out_b = (schema.OUTPUTS.of(r)[keep].to(device) for r in (first, second))
+        source_labels = schema.LABELS.of(first)
         conf = geometry.triangle_confidences(
-            model, srcs, out_a, out_b, first["labels"][keep].to(device), normalizer=normalizer,
+            model, srcs, out_a, out_b, source_labels[keep].to(device), normalizer=normalizer,
             n=config.triangle_grid, batch_size=config.eval_batch_size,
         )
         for row, i in enumerate(keep):
@@ -140,7 +141,7 @@ def _triangles(
             written.append(plots.triangle_plot(
                 conf[row], torch.stack([srcs[row], out_a[row], out_b[row]]), figures / f"triangle_{source:05d}.png",
                 n=config.triangle_grid, corner_labels=("source", "round 0 output", "round 1 output"),
-                title=f"Source {name(source)} ({classes(int(first['labels'][i]))}): confidence over the triangle",
+                title=f"Source {name(source)} ({classes(int(source_labels[i]))}): confidence over the triangle",
             ))
         if len(written) >= count:
             break
@@ -150,7 +151,7 @@ def _triangles(
 def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, figures, device, names) -> list[Path]:
     """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths."""
     result = traverse_batch(
-        model, images(unit.sources), images(unit.targets), saved["labels"].to(device), normalizer=normalizer,
+        model, images(unit.sources), images(unit.targets), schema.LABELS.of(saved).to(device), normalizer=normalizer,
         settings=config.lst_settings(record=("widths",), width_num_vecs=width_vecs), precision=config.precision,
         generator=unit_generator(config.seed, unit.round, unit.batch, device),
     )

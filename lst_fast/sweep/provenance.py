@@ -67,28 +67,51 @@ def device_name(device: torch.device) -> str:
 
 
 @functools.cache
-def cpu_model() -> str:
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux's /proc/cpuinfo; elsewhere what platform knows, no flags)."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return model, flags
+    found_model = found_flags = False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not found_model:
+            model, found_model = value.strip(), True
+        elif key.strip() == "flags" and not found_flags:
+            flags, found_flags = frozenset(value.split()), True
+        if found_model and found_flags:
+            break
+    return model, flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. ``AMD EPYC 7R13 Processor``."""
+    return _cpuinfo()[0]
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``avx2``, ``avx512f``, ...; empty where they are not known)."""
+    return _cpuinfo()[1]
 
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the lst_fast source when it runs from a git checkout (None otherwise, e.g. a wheel)."""
+    """The commit of the lst_fast source when it runs from a git checkout, with ``+dirty`` when tracked files
+    differ from it (None outside a checkout, e.g. an installed wheel)."""
     package = Path(lst_fast.__file__).resolve().parent
     try:
-        done = subprocess.run(
-            ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
+        head = _git(package, "rev-parse", "HEAD")
+        dirty = _git(package, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = done.stdout.strip()
-    return commit or None
+    return (head + ("+dirty" if dirty else "")) if head else None
+
+
+def _git(folder: Path, *command: str) -> str:
+    done = subprocess.run(["git", "-C", str(folder), *command], capture_output=True, text=True, timeout=10, check=True)
+    return done.stdout.strip()
 
 
 def encode(provenance: dict) -> str:
@@ -163,6 +186,8 @@ class Summary:
 
     def describe(self) -> list[str]:
         """Every condition with its values and unit counts (for ``lst-fast info``)."""
+        if not self.units:
+            return ["no finished units yet, so no conditions to list"]
         lines = [f"conditions of the {self.units} finished units ({self.units - self.unknown} with provenance, "
                  f"{self.seconds:.1f} s of compute recorded):"]
         for key, counts in [(k, self.values[k]) for k in CONDITIONS if k in self.values] + list(self.details.items()):

@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 import lst_fast
 from lst_fast import data, metrics, models, ops
 from lst_fast.fast import traverse_batch
-from lst_fast.sweep import evaluation, provenance
+from lst_fast.sweep import evaluation, provenance, schema
 from lst_fast.sweep.config import PHASES, SweepConfig, differences
+from lst_fast.sweep.folder import CORRUPT, FINISHED, SweepFolder
 from lst_fast.sweep.placement import Placement, parse_shard, resolve_device, resolve_placement
-from lst_fast.sweep.plan import Plan, TraverseUnit, TriangleUnit, make_plan, unit_generator
+from lst_fast.sweep.plan import TraverseUnit, TriangleUnit, unit_generator
 from lst_fast.sweep.selection import Selection, select_images
 from lst_fast.sweep.store import CorruptUnit, SweepStore, config_id
 
@@ -66,26 +67,50 @@ class SweepReport:
         return "; ".join(parts) + f". Sweep {self.out_dir}: {done} units finished.{note}"
 
 
-@dataclass
-class _Sweep:
-    """Everything the phases share."""
+@dataclass(frozen=True)
+class Process:
+    """This process: its share of the sweep, where and how it computes, and the provenance it records. None of it
+    is part of the sweep's identity."""
 
-    config: SweepConfig
-    store: SweepStore
     placement: Placement
     device: torch.device
+    workers: int  # data loading processes
+    progress: bool
+    cuda_graphs: bool
+    environment: dict  # the provenance every unit of this process records (lst_fast.sweep.provenance)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The sweep's model and data, loaded by this process."""
+
     dataset: torch.utils.data.Dataset
     model: torch.nn.Module
     normalizer: torch.nn.Module
-    selection: Selection
-    plan: Plan
-    config_id: str
-    distances: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Distances:
+    """The distances every traversal unit computes, and where LPIPS finds its weights."""
+
+    names: tuple[str, ...]
     lpips_weights: str | None
-    cuda_graphs: bool
-    workers: int
-    progress: bool
-    environment: dict  # the provenance every unit of this process records (lst_fast.sweep.provenance)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """Everything the phases share: what is computed (config), where it goes (folder: manifest, selection, plan,
+    units), by whom (process), from what (inputs) and how it is measured (distances)."""
+
+    config: SweepConfig
+    folder: SweepFolder
+    process: Process
+    inputs: Inputs
+    distances: Distances
+
+    @property
+    def selection(self) -> Selection:
+        return self.folder.selection
 
     def labels(self, positions) -> torch.Tensor:
         return torch.tensor([self.selection.labels[p] for p in positions], dtype=torch.long)
@@ -137,8 +162,8 @@ def run_sweep(
     if config.triangles and phase in ("all", "triangles"):
         triangles, waiting = _triangle_phase(sweep, wait, poll)
     return SweepReport(
-        out_dir=sweep.store.root, placement=sweep.placement, traverse=traverse, triangles=triangles,
-        waiting=waiting, finished=_finished(sweep), note=note,
+        out_dir=sweep.folder.root, placement=sweep.process.placement, traverse=traverse, triangles=triangles,
+        waiting=waiting, finished=_finished(sweep.folder), note=note,
     )
 
 
@@ -159,14 +184,15 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda
     if len(dataset) < 2:
         raise ValueError(f"data {config.data!r} holds {len(dataset)} image(s); a sweep needs at least 2")
     model, normalizer = load_sweep_model(config)
-    model, normalizer = model.to(device), normalizer.to(device)
+    inputs = Inputs(dataset, model.to(device), normalizer.to(device))
     distances, note = _distances(stored, lpips_weights)
     identity = config.identity(
-        normalization=(normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist()), distances=distances
+        normalization=(inputs.normalizer.mean.flatten().tolist(), inputs.normalizer.std.flatten().tolist()),
+        distances=distances,
     )
     if stored is not None:
         _same_config(stored, identity, out_dir)
-    selection = _selection(store, config, model, normalizer, dataset, device, workers)
+    selection = _selection(store, config, inputs, device, workers)
     manifest = store.write_json_once(store.manifest_path, {
         "config_id": config_id(identity),
         "seed": config.seed,
@@ -179,15 +205,16 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda
         },
     })
     _same_config(manifest, identity, out_dir)
-    sweep = _Sweep(
-        config=config, store=store, placement=placement, device=device, dataset=dataset, model=model,
-        normalizer=normalizer, selection=selection, plan=make_plan(len(selection), config.rounds,
-        config.batch_size, config.seed), config_id=manifest["config_id"], distances=tuple(distances),
-        lpips_weights=None if lpips_weights is None else str(lpips_weights), cuda_graphs=cuda_graphs,
-        workers=workers, progress=progress, environment=provenance.environment(
+    process = Process(
+        placement=placement, device=device, workers=workers, progress=progress, cuda_graphs=cuda_graphs,
+        environment=provenance.environment(
             device, precision=config.precision, backend=ops.default_backend(device, torch.float32),
             schedule=config.schedule, process=placement.label,
         ),
+    )
+    sweep = _Sweep(
+        config=config, folder=SweepFolder(store, manifest, selection), process=process, inputs=inputs,
+        distances=Distances(tuple(distances), None if lpips_weights is None else str(lpips_weights)),
     )
     return sweep, note
 
@@ -237,11 +264,12 @@ def _same_config(manifest: dict, identity: dict, out_dir: Path) -> None:
         )
 
 
-def _selection(store, config, model, normalizer, dataset, device, workers) -> Selection:
+def _selection(store, config, inputs: Inputs, device, workers) -> Selection:
+    dataset = inputs.dataset
     stored = store.read_json(store.selection_path)
     if stored is None:
         selection = select_images(
-            model, normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
+            inputs.model, inputs.normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
             seed=config.seed, batch_size=config.eval_batch_size, device=device, workers=workers,
         )
         _check_selection(selection, config)  # before writing: a selection a sweep cannot use is never stored
@@ -281,61 +309,62 @@ def _check_selection(selection: Selection, config: SweepConfig) -> None:
 
 
 def _pending(sweep: _Sweep, kind: str, units, count: PhaseCount) -> list:
-    """The units of ``kind`` that this process owns and that are not validly finished."""
+    """The units of ``kind`` that this process owns and that are not finished (missing or corrupt)."""
     todo, other_conditions = [], Counter()
     for unit in units:
-        if not sweep.placement.owns(unit.index):
+        if not sweep.process.placement.owns(unit.index):
             continue
-        try:
-            if sweep.store.read_unit(kind, unit.name, sweep.config_id) is not None:
-                count.skipped += 1
-                other_conditions.update(_other_conditions(sweep, kind, unit.name))
-                continue
-        except CorruptUnit as err:
-            tqdm.write(f"lst-fast sweep: {err}; computing it again")
+        verdict = sweep.folder.verdict(kind, unit.name, keep=())
+        if verdict.verdict == FINISHED:
+            count.skipped += 1
+            other_conditions.update(_other_conditions(sweep, verdict.provenance))
+            continue
+        if verdict.verdict == CORRUPT:
+            tqdm.write(f"lst-fast sweep: {verdict.problem}; computing it again")
             count.redone.append(unit.name)
         todo.append(unit)
     if other_conditions and todo:
         listed = ", ".join(f"{k}: {n} units" for k, n in other_conditions.items())
         tqdm.write(
-            f"lst-fast sweep [{sweep.placement.label}]: finished {kind} units were computed under other (or "
+            f"lst-fast sweep [{sweep.process.placement.label}]: finished {kind} units were computed under other (or "
             f"unrecorded) conditions than this process's ({listed}); the sweep's tables may then agree with one "
-            f"uninterrupted run only to float rounding (`lst-fast info {sweep.store.root}` lists the conditions)"
+            f"uninterrupted run only to float rounding (`lst-fast info {sweep.folder.root}` lists the conditions)"
         )
     return todo
 
 
-def _other_conditions(sweep: _Sweep, kind: str, name: str) -> list[str]:
-    """The conditions in which a finished unit differs from this process (its own provenance or none)."""
-    recorded = sweep.store.read_provenance(kind, name)
+def _other_conditions(sweep: _Sweep, recorded: dict | None) -> list[str]:
+    """The conditions in which a finished unit (its recorded provenance, or none) differs from this process."""
     if recorded is None:
         return ["provenance unknown"]
-    mine, theirs = provenance.conditions(sweep.environment), provenance.conditions(recorded)
+    mine, theirs = provenance.conditions(sweep.process.environment), provenance.conditions(recorded)
     return [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
 
 
 def _bar(sweep: _Sweep, total: int, what: str, unit: str) -> tqdm:
+    placement = sweep.process.placement
     return tqdm(
-        total=total, unit=unit, desc=f"[{sweep.placement.label}] {what}", position=sweep.placement.local_rank,
-        disable=not sweep.progress, dynamic_ncols=True, leave=True,
+        total=total, unit=unit, desc=f"[{placement.label}] {what}", position=placement.local_rank,
+        disable=not sweep.process.progress, dynamic_ncols=True, leave=True,
     )
 
 
 def _traverse_phase(sweep: _Sweep) -> PhaseCount:
     count = PhaseCount()
-    todo = _pending(sweep, "traverse", sweep.plan.traverse, count)
+    todo = _pending(sweep, "traverse", sweep.folder.plan.traverse, count)
     if not todo:
         return count
+    device = sweep.process.device
     # each unit's sources then targets, read ahead by the worker processes while the model runs
     groups = [sweep.dataset_indices(u.sources) + sweep.dataset_indices(u.targets) for u in todo]
     loader = data.group_loader(
-        sweep.dataset, groups, workers=sweep.workers, pin_memory=sweep.device.type == "cuda"
+        sweep.inputs.dataset, groups, workers=sweep.process.workers, pin_memory=device.type == "cuda"
     )
     start = time.perf_counter()
     with _bar(sweep, sum(len(u.sources) for u in todo), "LST", "pair") as bar:
         for unit, (images, _) in zip(todo, loader):
             unit_start = time.perf_counter()
-            tensors = _traverse_unit(sweep, unit, images.to(sweep.device, non_blocking=True))
+            tensors = _traverse_unit(sweep, unit, images.to(device, non_blocking=True))
             _write(sweep, "traverse", unit.name, tensors, unit_start)
             count.computed += 1
             count.items += len(unit.sources)
@@ -345,35 +374,41 @@ def _traverse_phase(sweep: _Sweep) -> PhaseCount:
 
 
 def _write(sweep: _Sweep, kind: str, name: str, tensors: dict[str, torch.Tensor], start: float) -> None:
-    record = provenance.for_unit(sweep.environment, time.perf_counter() - start)
-    sweep.store.write_unit(kind, name, tensors, sweep.config_id, provenance=record)
+    """Write a unit computed since ``start`` (its wall time goes into its provenance), checked by its schema."""
+    tensors = schema.SCHEMAS[kind].pack(tensors)
+    record = provenance.for_unit(sweep.process.environment, time.perf_counter() - start)
+    sweep.folder.store.write_unit(kind, name, tensors, sweep.folder.config_id, provenance=record)
 
 
 def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    config, batch = sweep.config, len(unit.sources)
+    config, inputs, device, batch = sweep.config, sweep.inputs, sweep.process.device, len(unit.sources)
     srcs, tgts = images[:batch], images[batch:]
+    target_labels = sweep.labels(unit.targets).to(device)
     result = traverse_batch(
-        sweep.model, srcs, tgts, sweep.labels(unit.sources).to(sweep.device),
-        target_labels=sweep.labels(unit.targets).to(sweep.device), normalizer=sweep.normalizer,
-        settings=config.lst_settings(), precision=config.precision,
-        generator=unit_generator(config.seed, unit.round, unit.batch, sweep.device), cuda_graphs=sweep.cuda_graphs,
+        inputs.model, srcs, tgts, sweep.labels(unit.sources).to(device), target_labels=target_labels,
+        normalizer=inputs.normalizer, settings=config.lst_settings(), precision=config.precision,
+        generator=unit_generator(config.seed, unit.round, unit.batch, device), cuda_graphs=sweep.process.cuda_graphs,
     )
-    distances = evaluation.pair_distances(result.images, tgts, sweep.distances, sweep.lpips_weights)
+    distances = evaluation.pair_distances(result.images, tgts, sweep.distances.names, sweep.distances.lpips_weights)
+    target_conf = evaluation.target_confidence(
+        inputs.model, inputs.normalizer, result.images, target_labels, batch_size=config.eval_batch_size
+    )
     if config.save_images:
         for k, (s, t) in enumerate(zip(unit.sources, unit.targets)):
-            path = sweep.store.image_path(unit.round, s, t)
+            path = sweep.folder.store.image_path(unit.round, s, t)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(result.images[k], path)
     tensors = {
-        "source": torch.tensor(unit.sources), "target": torch.tensor(unit.targets),
-        "labels": result.labels, "target_labels": result.target_labels, "valid": result.valid,
-        "init_conf": result.init_conf, "final_conf": result.final_conf, "accepted": result.accepted,
-        "outputs": result.images,
-        **{f"dist_{name}": values for name, values in distances.items()},
+        schema.SOURCE.name: torch.tensor(unit.sources), schema.TARGET.name: torch.tensor(unit.targets),
+        schema.LABELS.name: result.labels, schema.TARGET_LABELS.name: result.target_labels,
+        schema.VALID.name: result.valid, schema.INIT_CONF.name: result.init_conf,
+        schema.FINAL_CONF.name: result.final_conf, schema.FINAL_TARGET_CONF.name: target_conf,
+        schema.ACCEPTED.name: result.accepted, schema.EVALUATIONS.name: result.evaluations,
+        schema.FINAL_STEP_SIZE.name: result.final_step_size, schema.OUTPUTS.name: result.images, **distances,
     }
     if result.path_iters is not None:
-        tensors.update(path_iters=result.path_iters, path_conf=result.path_conf,
-                       path_target_conf=result.path_target_conf)
+        tensors |= {schema.PATH_ITERS.name: result.path_iters, schema.PATH_CONF.name: result.path_conf,
+                    schema.PATH_TARGET_CONF.name: result.path_target_conf}
     return tensors
 
 
@@ -383,7 +418,8 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
 
 def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount, list[str]]:
     count = PhaseCount()
-    pending = _pending(sweep, "triangles", sweep.plan.triangles, count)
+    pending = _pending(sweep, "triangles", sweep.folder.plan.triangles, count)
+    label = sweep.process.placement.label
     if not pending:
         return count, []
     deadline = time.monotonic() + wait
@@ -391,22 +427,22 @@ def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount
     told = False
     with _bar(sweep, sum(len(u.sources) for u in pending), "triangles", "source") as bar:
         while pending:
-            ready = [u for u in pending if all(sweep.store.finished("traverse", n.name) for n in u.needs)]
+            ready = [u for u in pending if all(sweep.folder.written("traverse", n.name) for n in u.needs)]
             if not ready:
                 if time.monotonic() >= deadline:
                     break
                 if not told:
-                    tqdm.write(f"lst-fast sweep [{sweep.placement.label}]: waiting up to {wait:.0f} s for the "
+                    tqdm.write(f"lst-fast sweep [{label}]: waiting up to {wait:.0f} s for the "
                                "LST units of other processes")
                     told = True
                 time.sleep(poll)
                 continue
             groups = [sweep.dataset_indices(u.sources) for u in ready]
-            loader = data.group_loader(sweep.dataset, groups, workers=sweep.workers)
+            loader = data.group_loader(sweep.inputs.dataset, groups, workers=sweep.process.workers)
             for unit, (srcs, _) in zip(ready, loader):
                 pending.remove(unit)
                 unit_start = time.perf_counter()
-                tensors = _triangle_unit(sweep, unit, srcs.to(sweep.device))
+                tensors = _triangle_unit(sweep, unit, srcs.to(sweep.process.device))
                 _write(sweep, "triangles", unit.name, tensors, unit_start)
                 count.computed += 1
                 count.items += len(unit.sources)
@@ -415,7 +451,7 @@ def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount
     waiting = [u.name for u in pending]
     if waiting:
         tqdm.write(
-            f"lst-fast sweep [{sweep.placement.label}]: gave up waiting after {wait:.0f} s for the traversal units "
+            f"lst-fast sweep [{label}]: gave up waiting after {wait:.0f} s for the traversal units "
             f"of triangle units {waiting}; run the same command again (e.g. with --phase triangles) once the "
             "other processes are done"
         )
@@ -424,24 +460,24 @@ def _triangle_phase(sweep: _Sweep, wait: float, poll: float) -> tuple[PhaseCount
 
 def _triangle_unit(sweep: _Sweep, unit: TriangleUnit, srcs: torch.Tensor) -> dict[str, torch.Tensor]:
     try:
-        rounds = [sweep.store.read_unit("traverse", n.name, sweep.config_id) for n in unit.needs]
+        rounds = [sweep.folder.read("traverse", n.name) for n in unit.needs]
     except CorruptUnit as err:
         raise CorruptUnit(
             f"{err}. Run the process that owns it again (it redoes corrupt units), then this one"
         ) from None
     if any(r is None for r in rounds):
         raise RuntimeError(f"traversal units of triangle unit {unit.name} disappeared while it was computed")
+    device = sweep.process.device
     return evaluation.triangle_unit_stats(
-        sweep.model, sweep.normalizer, srcs, rounds, unit.round_pairs, torch.tensor(unit.sources),
-        sweep.labels(unit.sources).to(sweep.device), grid=sweep.config.triangle_grid,
+        sweep.inputs.model, sweep.inputs.normalizer, srcs, rounds, unit.round_pairs, torch.tensor(unit.sources),
+        sweep.labels(unit.sources).to(device), grid=sweep.config.triangle_grid,
         batch_size=sweep.config.eval_batch_size,
     )
 
 
-def _finished(sweep: _Sweep) -> dict[str, tuple[int, int]]:
-    kinds = {"traverse": sweep.plan.traverse}
-    if sweep.config.triangles:
-        kinds["triangles"] = sweep.plan.triangles
+def _finished(folder: SweepFolder) -> dict[str, tuple[int, int]]:
+    """(written, total) unit files per kind of the whole sweep (cheap: ``lst-fast info`` gives the verdicts)."""
     return {
-        kind: (sum(sweep.store.finished(kind, u.name) for u in units), len(units)) for kind, units in kinds.items()
+        kind: (sum(folder.written(kind, u.name) for u in folder.planned(kind)), len(folder.planned(kind)))
+        for kind in folder.kinds()
     }

@@ -4,14 +4,16 @@ Layout of DIR::
 
     manifest.json              configuration (compared on every run), sweep seed, environment of the first run
     selection.json             the data set images of the sweep with their labels
-    units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, distances of one round x batch
+    units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, costs, distances of one round x batch
     units/triangles/bBBBBB.safetensors       triangle statistics of one batch of sources
     images/rRRR/SSSSS_to_TTTTT.png            LST outputs as PNG (only with save_images)
 
-Every file is written to a temporary name in the same folder and renamed into place, so a file under its
-final name is always complete. Unit files also carry their config id and a SHA-256 of their tensors, so a
-truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them, see
-:mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
+The tensors of each kind of unit file are listed in :mod:`lst_fast.sweep.schema`; :mod:`lst_fast.sweep.folder`
+reads a sweep folder and judges its unit files. Every file is written to a temporary name in the same folder and
+renamed into place, so a file under its final name is always complete; files are created with the mode the
+umask leaves (0o644 under the usual 0o022). Unit files also carry their config id and a SHA-256 of their tensors,
+so a truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them,
+see :mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 from lst_fast.sweep.provenance import decode as decode_provenance
 from lst_fast.sweep.provenance import encode as encode_provenance
@@ -36,6 +39,14 @@ KINDS = ("traverse", "triangles")
 
 class CorruptUnit(ValueError):
     """A unit file exists but cannot be trusted (truncated, damaged, or from another configuration)."""
+
+
+@dataclass(frozen=True)
+class StoredUnit:
+    """A unit file's contents: its tensors and its provenance (None for units written before it was recorded)."""
+
+    tensors: dict[str, torch.Tensor]
+    provenance: dict | None
 
 
 def config_id(config: dict) -> str:
@@ -94,7 +105,7 @@ class SweepStore:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._temporary(path)
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+        _write_new(tmp, (json.dumps(content, indent=2) + "\n").encode())
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -117,9 +128,7 @@ class SweepStore:
             metadata["provenance"] = encode_provenance(provenance)
         tmp = self._temporary(path)
         try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            _write_new(tmp, save_safetensors(tensors, metadata=metadata), sync=True)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -127,6 +136,22 @@ class SweepStore:
 
     def read_unit(self, kind: str, name: str, config: str) -> dict[str, torch.Tensor] | None:
         """The unit's tensors; None if it was never written; :class:`CorruptUnit` if it cannot be trusted."""
+        stored = self.load_unit(kind, name, config)
+        return None if stored is None else stored.tensors
+
+    def load_unit(self, kind: str, name: str, config: str) -> StoredUnit | None:
+        """The unit's tensors and provenance, read once from its file.
+
+        Args:
+            kind, name: the unit (one of :data:`KINDS`, and its plan name).
+            config: the config id the unit must carry (the manifest's).
+
+        Returns:
+            The unit, or None if it was never written.
+
+        Raises:
+            CorruptUnit: the file is truncated, damaged, or belongs to another unit or configuration.
+        """
         path = self.unit_path(kind, name)
         try:
             raw = path.read_bytes()
@@ -143,7 +168,7 @@ class SweepStore:
             raise CorruptUnit(f"{path}: belongs elsewhere ({wrong}, expected {expected})")
         if metadata.get("digest") != tensor_digest(tensors):
             raise CorruptUnit(f"{path}: contents do not match their checksum")
-        return tensors
+        return StoredUnit(tensors, decode_provenance(metadata.get("provenance")))
 
     def read_provenance(self, kind: str, name: str) -> dict | None:
         """The provenance recorded in a unit file (only its header is read); None if the file has none."""
@@ -162,6 +187,17 @@ class SweepStore:
     @staticmethod
     def _temporary(path: Path) -> Path:
         return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _write_new(path: Path, content: bytes, *, sync: bool = False) -> None:
+    """Create ``path`` (which must not exist) holding ``content``, with the mode the umask leaves of 0o666 like
+    any file a program creates; ``sync``: on disk before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _metadata(raw: bytes) -> dict:
