@@ -39,6 +39,9 @@ def describe(out_dir: str | Path) -> str:
         "  started by: " + ", ".join(f"{k} {created[k]}" for k in ("lst_fast", "torch", "device") if k in created),
         "  finished units: " + ", ".join(f"{kind} {a}/{b}" for kind, (a, b) in progress.items()),
     ]
+    skipped = selection.get("skipped", [])
+    if skipped:
+        lines.append(f"  skipped image files: {len(skipped)} could not be read (listed in selection.json)")
     lines += [f"  {line}" for line in summary.describe()]
     if summary.units and not summary.problems():
         lines.append("  all finished units were computed under the same conditions: their tables are bit-identical "
