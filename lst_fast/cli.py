@@ -270,12 +270,12 @@ def _sweep_notes(args) -> None:
              "trained classifier")
 
 
-def _sweep(args) -> int:
+def sweep_config(args: argparse.Namespace):
+    """The :class:`lst_fast.sweep.SweepConfig` of parsed ``lst-fast sweep`` options (not yet checked)."""
     from lst_fast.settings import SWEEP_SETTINGS
-    from lst_fast.sweep import SweepConfig, run_sweep
+    from lst_fast.sweep import SweepConfig
 
-    _sweep_notes(args)
-    config = SweepConfig(
+    return SweepConfig(
         model=args.model, data=args.data, checkpoint=args.checkpoint, num_classes=args.num_classes,
         pretrained=args.pretrained, mean=None if args.mean is None else tuple(args.mean),
         std=None if args.std is None else tuple(args.std), image_size=args.image_size,
@@ -284,8 +284,14 @@ def _sweep(args) -> int:
         triangles=not args.no_triangles, log_every=args.log_every, save_images=args.save_images,
         **{f.name: getattr(args, f.name) for f in SWEEP_SETTINGS},
     )
+
+
+def _sweep(args) -> int:
+    from lst_fast.sweep import run_sweep
+
+    _sweep_notes(args)
     report = run_sweep(
-        config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
+        sweep_config(args), args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
         wait=args.wait, progress=not args.no_progress, lpips_weights=args.lpips_weights,
         cuda_graphs=args.cuda_graphs, strict_images=args.strict_images,
     )
