@@ -389,3 +389,82 @@ def test_loader_worker_failure_is_one_line_in_the_main_process(tmp_path, how, ti
     assert run.returncode == 0 and len(lines[-1]) < 400, run.stdout + run.stderr
     assert lines[-1].startswith("LoaderError: ") and said in lines[-1], run.stdout + run.stderr
     assert "loaded [2]" not in run.stdout
+
+
+# --- bad files in a sweep: skipped, named once, recorded; the same on resume and in every shard ------------------
+
+
+def _sweep_args(folder, tiny_checkpoint, out, *extra):
+    path, arch, classes = tiny_checkpoint
+    return ["sweep", "--model", arch, "--checkpoint", str(path), "--num-classes", str(classes), "--data", str(folder),
+            "--out", str(out), "--image-size", "16", "--num-samples", "12", "--rounds", "2", "--batch-size", "5",
+            "--iters", "1", "--min-conf", "0", "--no-progress", "--no-triangles", *extra]
+
+
+def _stamps(out):
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((out / "units").rglob("*.safetensors"))}
+
+
+def test_sweep_skips_unreadable_files_and_records_them(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    import json
+    import shutil
+
+    from lst_fast import cli
+    from lst_fast.sweep import run_sweep
+
+    folder = tmp_path / "photos"
+    shutil.copytree(image_folder, folder)  # 10 images
+    (folder / "x.jpg").write_text("not an image\n")
+    (folder / "cut.jpg").write_bytes((folder / "img_00.jpg").read_bytes()[:300])
+    bad = {str(folder / "x.jpg"), str(folder / "cut.jpg")}
+
+    out = tmp_path / "sweep"
+    assert cli.main(_sweep_args(folder, tiny_checkpoint, out)) == 0  # default --workers 2
+    err = capsys.readouterr().err
+    assert f"lst-fast sweep: --data {folder}: plain images without labels" in err
+    for file in bad:  # named once each, not once per worker
+        assert err.count(f"skipped {file!r}, which cannot be read: ") == 1, err
+    selection = json.loads((out / "selection.json").read_text())
+    assert {s["file"] for s in selection["skipped"]} == bad and selection["scanned"] == 12
+    files = data.open_dataset(str(folder)).files
+    assert sorted(selection["indices"]) == [i for i, file in enumerate(files) if str(file) not in bad]
+    assert cli.main(["info", str(out)]) == 0
+    assert "skipped image files: 2 could not be read (listed in selection.json)" in capsys.readouterr().out
+
+    finished = _stamps(out)
+    assert cli.main(_sweep_args(folder, tiny_checkpoint, out)) == 0  # resumed: nothing redone, nothing said again
+    resumed = capsys.readouterr()
+    assert "0 units (0 pairs" in resumed.out and "skipped" not in resumed.err
+    assert _stamps(out) == finished and json.loads((out / "selection.json").read_text()) == selection
+
+    # a shard of its own (another machine, say) chooses the same images, skipping the same files
+    other = tmp_path / "shard"
+    run_sweep(cli.sweep_config(cli.build_parser().parse_args(_sweep_args(folder, tiny_checkpoint, other))), other,
+              shard="1/2", workers=0, progress=False)
+    assert json.loads((other / "selection.json").read_text()) == selection
+    capsys.readouterr()
+
+    # a selected file that becomes unreadable stops the other shard in one line; its finished units stay
+    first_shard = _stamps(other)
+    dataset = data.open_dataset(str(folder))
+    victim = dataset.files[selection["indices"][0]]
+    victim.write_text("overwritten\n")
+    assert cli.main(_sweep_args(folder, tiny_checkpoint, other, "--shard", "0/2", "--workers", "0")) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"lst-fast sweep: error: cannot read image '{victim}'")
+    assert _stamps(other) == first_shard
+
+
+def test_strict_images_stops_at_the_first_unreadable_file(image_folder, tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from lst_fast import cli
+
+    folder = tmp_path / "photos"
+    shutil.copytree(image_folder, folder)
+    (folder / "x.jpg").write_text("not an image\n")
+    out = tmp_path / "sweep"
+    assert cli.main(_sweep_args(folder, tiny_checkpoint, out, "--strict-images", "--workers", "0")) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"lst-fast sweep: error: cannot read image '{folder / 'x.jpg'}': not an image file that PIL can "
+                       "read (unknown format, or not an image at all)")
+    assert not (out / "manifest.json").exists() and not (out / "selection.json").exists()
