@@ -228,7 +228,8 @@ def detect_data_kind(root: Path) -> tuple[str, str]:
     Returns:
         The kind and a short description of what was found.
     """
-    if (root / CIFAR_FOLDER / "test_batch").is_file() or (root.name == CIFAR_FOLDER and (root / "test_batch").is_file()):
+    cifar = root if root.name == CIFAR_FOLDER else root / CIFAR_FOLDER
+    if (cifar / "test_batch").is_file():
         return "cifar10", "the CIFAR-10 python version (its test split)"
     base = root / "val" if (root / "val").is_dir() else root
     entries = [p for p in base.iterdir() if not p.name.startswith(".")]

@@ -164,7 +164,8 @@ def check_state_dict_fits(model: nn.Module, state: dict, what: str, target: str)
                 (("missing", missing), ("unexpected", unexpected)) if keys]
     if shapes:
         listed = ", ".join(f"{k} {a} in the file, {b} in the model" for k, a, b in shapes[:2])
-        problems.append(f"{len(shapes)} key{'s' * (len(shapes) > 1)} of another shape ({listed}{', ...' if len(shapes) > 2 else ''})")
+        more = ", ..." if len(shapes) > 2 else ""
+        problems.append(f"{len(shapes)} key{'s' * (len(shapes) > 1)} of another shape ({listed}{more})")
     if not problems:
         return
     raise ValueError(f"{what} does not fit {target}: " + "; ".join(problems) + _fit_hint(model, unexpected, shapes))
@@ -343,9 +344,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever a damaged or foreign file makes the unpicklers raise
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch"
         raise ValueError(
-            f"checkpoint {str(path)!r} cannot be read as a {'safetensors' if path.suffix == '.safetensors' else 'torch'}"
-            f" state dict: {_load_failure(err, path)}"
+            f"checkpoint {str(path)!r} cannot be read as a {kind} state dict: {_load_failure(err, path)}"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -118,7 +118,8 @@ def test_state_dict_with_wrong_keys_names_some_of_them(tmp_path):
     n_keys = len(timm.create_model("test_efficientnet").state_dict())
     assert f"{n_keys} missing keys (conv_stem.weight, bn1.weight, bn1.bias, ...)" in message
     assert "2 unexpected keys (module.fc.weight, module.fc.bias)" in message
-    assert message.endswith("its keys start with 'module.' (saved from DataParallel/DDP): save model.module.state_dict()")
+    assert message.endswith(
+        "its keys start with 'module.' (saved from DataParallel/DDP): save model.module.state_dict()")
 
 
 @pytest.mark.parametrize("content, said", [
