@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 
-from lst_fast import data
+from tqdm.auto import tqdm
+
+from lst_fast import data, models
 
 
 def _positive_int(text: str) -> int:
@@ -38,8 +42,10 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-# Errors in what the user asked for: printed as one line, exit status 2, before any work starts.
+# Errors in what the user asked for (options, data, checkpoint, weights): printed as one line, exit status 2,
+# before any work starts (or, for an image that cannot be read, before anything of it is written).
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
+EXIT_FAILED = 1  # a data loading worker failed (data.LoaderError): one line; finished units are kept
 EXIT_WAITING = 3
 
 
@@ -154,6 +160,8 @@ def _add_sweep(commands) -> None:
                      help="torchvision AlexNet weights for LPIPS (default: torch hub cache; without them a new sweep "
                      "leaves LPIPS out and says so)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay each LST iteration as a CUDA graph (GPUs only)")
+    run.add_argument("--strict-images", action="store_true",
+                     help="stop at the first image file that cannot be read (exit status 2) instead of skipping it")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -326,17 +334,46 @@ def _add_plot(commands) -> None:
     plot.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
-def _sweep(args) -> int:
+def _say(command: str, text: str) -> None:
+    """One line on stderr, above any progress bar."""
+    tqdm.write(f"lst-fast {command}: {text}", file=sys.stderr)
+
+
+def _first_process() -> bool:
+    """Not a second or later rank under torchrun (each rank would say the same)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _sweep_notes(args) -> None:
+    """What the sweep will read and run on, where the user did not say it: the kind of a bare --data folder, and
+    random weights."""
+    spec = data.parse_data_spec(args.data)
+    if spec.detected and _first_process():
+        _say("sweep", f"--data {args.data}: {spec.detected}; read as {spec} (name the kind to choose another)")
+    timm_model = args.model != models.EMBEDDED and not args.model.startswith(models.ROBUSTBENCH_PREFIX)
+    if timm_model and not args.pretrained and args.checkpoint is None and _first_process():
+        _say("sweep", f"warning: --no-pretrained: {args.model} runs on random weights (seeded by --seed), not a "
+             "trained classifier")
+
+
+def sweep_config(args: argparse.Namespace):
+    """The :class:`lst_fast.sweep.SweepConfig` of parsed ``lst-fast sweep`` options (not yet checked)."""
     from lst_fast.settings import SWEEP_SETTINGS
-    from lst_fast.sweep import SweepConfig, run_sweep
+    from lst_fast.sweep import SweepConfig
     from lst_fast.sweep.config import config_options
 
     names = [f.name for f in config_options() if f.name != "traversal"] + [f.name for f in SWEEP_SETTINGS]
-    config = SweepConfig(**{name: _value(getattr(args, name)) for name in names})
+    return SweepConfig(**{name: _value(getattr(args, name)) for name in names})
+
+
+def _sweep(args) -> int:
+    from lst_fast.sweep import run_sweep
+
+    _sweep_notes(args)
     report = run_sweep(
-        config, args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
+        sweep_config(args), args.out, device=args.device, workers=args.workers, shard=args.shard, phase=args.phase,
         wait=args.wait, progress=not args.no_progress, lpips_weights=args.lpips_weights,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs, strict_images=args.strict_images,
     )
     print(report.summary(), flush=True)
     return EXIT_WAITING if report.waiting else 0
@@ -376,11 +413,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot}
-    try:
-        return handlers[args.command](args)
-    except USER_ERRORS as err:
-        print(f"lst-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+        try:
+            return handlers[args.command](args)
+        except USER_ERRORS as err:
+            print(f"lst-fast {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        except RuntimeError as err:  # torch raises a worker's death wherever the main process happens to be
+            failure = err if isinstance(err, data.LoaderError) else data.loader_failure(err)
+            if failure is None:
+                raise
+            print(f"lst-fast {args.command}: error: {failure}", file=sys.stderr)
+            return EXIT_FAILED
+
+
+def _one_line_warnings(command: str, show):
+    """``warnings.showwarning`` that gives lst_fast's image warnings as one line each, others as before."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, data.ImageWarning):
+            _say(command, f"warning: {message}")
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 if __name__ == "__main__":

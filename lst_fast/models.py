@@ -9,8 +9,13 @@ logits and a :class:`Normalize` that maps [0, 1] images to the model's input spa
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -96,9 +101,22 @@ def load_embedded(verify_checksum: bool = True) -> tuple[nn.Module, Normalize]:
 def load_timm(
     name: str, *, pretrained: bool = True, checkpoint: str | Path | None = None, num_classes: int | None = None
 ) -> tuple[nn.Module, Normalize]:
-    """Any timm model by name. ``pretrained`` downloads weights (on a machine with network access);
-    ``checkpoint`` loads a local state dict (``.pth``/``.pt`` or ``.safetensors``) instead.
-    The normalisation is the model's ``pretrained_cfg`` mean and std."""
+    """Any timm model by name, with the normalisation of its ``pretrained_cfg`` (mean and std).
+
+    Args:
+        name: a timm model name (``timm.list_models()``), optionally with a pretrained tag.
+        pretrained: timm's pretrained weights: from the Hugging Face (or torch hub) cache, else downloaded. Where
+            they are not cached and the hub cannot be reached, :class:`WeightsNotFound` is raised at once
+            (see :func:`check_pretrained_weights`); where they are cached and the hub cannot be reached, they are
+            read from the cache without asking it.
+        checkpoint: a local state dict (``.pth``/``.pt`` or ``.safetensors``) loaded instead of ``pretrained``.
+        num_classes: classes of the model's head (that of the checkpoint).
+
+    Raises:
+        TypeError, ValueError: a bad name or ``num_classes``; a checkpoint that cannot be read or does not fit
+            the architecture (its missing, unexpected or differently shaped keys are named).
+        FileNotFoundError: the checkpoint does not exist; :class:`WeightsNotFound` (see above).
+    """
     import timm
 
     if not isinstance(name, str) or not name:
@@ -113,10 +131,166 @@ def load_timm(
     ):
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+    if pretrained and checkpoint is None:
+        with pretrained_weights_access(name):
+            model = timm.create_model(name, pretrained=True, **kwargs)
+    else:
+        model = timm.create_model(name, pretrained=False, **kwargs)
     if checkpoint is not None:
-        model.load_state_dict(load_state_dict(checkpoint), strict=True)
+        state = load_state_dict(checkpoint)
+        check_state_dict_fits(model, state, f"checkpoint {str(checkpoint)!r}", f"timm's {name}")
+        model.load_state_dict(state, strict=True)
     return model.eval(), normalizer_from_cfg(model)
+
+
+def check_state_dict_fits(model: nn.Module, state: dict, what: str, target: str) -> None:
+    """Raise a one-line ValueError naming a few missing, unexpected and differently shaped keys, if any.
+
+    Args:
+        model: the module the state dict is for.
+        state: the state dict.
+        what: the state dict in words, e.g. "checkpoint 'x.pth'".
+        target: the model in words, e.g. "timm's resnet18".
+
+    Raises:
+        ValueError: the state dict does not fit.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [(k, tuple(getattr(state[k], "shape", ())), tuple(v.shape)) for k, v in expected.items()
+              if k in state and (not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape)]
+    problems = [f"{len(keys)} {kind} key{'s' * (len(keys) > 1)} ({_first_names(keys)})" for kind, keys in
+                (("missing", missing), ("unexpected", unexpected)) if keys]
+    if shapes:
+        listed = ", ".join(f"{k} {a} in the file, {b} in the model" for k, a, b in shapes[:2])
+        more = ", ..." if len(shapes) > 2 else ""
+        problems.append(f"{len(shapes)} key{'s' * (len(shapes) > 1)} of another shape ({listed}{more})")
+    if not problems:
+        return
+    raise ValueError(f"{what} does not fit {target}: " + "; ".join(problems) + _fit_hint(model, unexpected, shapes))
+
+
+def _first_names(keys: list[str], count: int = 3) -> str:
+    return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
+
+
+def _fit_hint(model: nn.Module, unexpected: list[str], shapes: list) -> str:
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    for key, in_file, _ in shapes:
+        if classifier and key == f"{classifier}.weight" and in_file:
+            return f"; its classifier has {in_file[0]} classes: pass num_classes={in_file[0]} (--num-classes)"
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        return "; its keys start with 'module.' (saved from DataParallel/DDP): save model.module.state_dict()"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timm's pretrained weights without network access: where they would come from, whether they are cached
+
+HUB_REACH_TIMEOUT = 3.0  # seconds to wait for a TCP connection to the weights' host
+
+
+class WeightsNotFound(FileNotFoundError):
+    """Pretrained weights that are neither cached on this machine nor downloadable from it."""
+
+
+def _pretrained_source(name: str) -> tuple[str, str, str, list[Path]] | None:
+    """Where timm would load ``name``'s pretrained weights from: (their name, the cache, the URL of their host,
+    the cached copies found), or None if timm knows no weights for it (timm then says so itself)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown pretrained tag: timm.create_model raises its own error
+        return None
+    if cfg is None or cfg.file or cfg.state_dict:
+        return None
+    if cfg.hf_hub_id:
+        import huggingface_hub
+        from huggingface_hub import constants
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        cached = [huggingface_hub.try_to_load_from_cache(repo, n, revision=revision or None) for n in names]
+        return (cfg.hf_hub_id, f"the Hugging Face cache ({constants.HF_HUB_CACHE})", constants.ENDPOINT,
+                [Path(c) for c in cached if isinstance(c, str)])
+    if cfg.url:
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        path = folder / Path(urlparse(cfg.url).path).name
+        return path.name, f"the torch hub cache ({folder})", cfg.url, [path] if path.is_file() else []
+    return None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def reachable(url: str, timeout: float = HUB_REACH_TIMEOUT) -> bool:
+    """Whether a TCP connection to ``url``'s host (or to the HTTPS proxy in the environment) opens within
+    ``timeout`` seconds, name lookup included."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(host or ""):
+        proxied = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname, proxied.port or 80
+    opened = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)  # a name lookup cannot be given a timeout itself
+    worker.start()
+    worker.join(timeout)
+    return bool(opened)
+
+
+def check_pretrained_weights(name: str) -> bool:
+    """Whether timm model ``name``'s pretrained weights must be read from the cache alone (the hub cannot be
+    reached, or Hugging Face's offline mode is on).
+
+    Raises:
+        WeightsNotFound: they are not cached and cannot be downloaded; says what to do instead.
+    """
+    source = _pretrained_source(name)
+    if source is None:
+        return False
+    weights, cache, url, cached = source
+    online = not _hub_offline() and reachable(url)
+    if not cached and not online:
+        why = "Hugging Face's offline mode is on" if _hub_offline() else f"{urlparse(url).hostname} cannot be reached"
+        raise WeightsNotFound(
+            f"the pretrained weights of {name!r} ({weights}) are not in {cache} and {why}: pass a local state dict "
+            "(--checkpoint PATH), use random weights (--no-pretrained), or copy the weights into that cache from a "
+            "machine with network access"
+        )
+    return not online
+
+
+@contextmanager
+def pretrained_weights_access(name: str) -> Iterator[None]:
+    """Around ``timm.create_model(name, pretrained=True)``: fails fast where the weights cannot be had (see
+    :func:`check_pretrained_weights`), and reads them from the cache alone where the hub cannot be reached
+    (instead of retrying it for tens of seconds)."""
+    if not check_pretrained_weights(name):
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def normalizer_from_cfg(model: nn.Module) -> Normalize:
@@ -154,21 +328,50 @@ def parse_robustbench_name(spec: str, *, default_dataset: str = "imagenet") -> t
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` or torch file (a ``{"state_dict": ...}`` wrapper is unwrapped)."""
+    """A state dict from a local ``.safetensors`` or torch file (a ``{"state_dict": ...}`` wrapper is unwrapped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as a state dict (one line: the file and why).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever a damaged or foreign file makes the unpicklers raise
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch"
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read as a {kind} state dict: {_load_failure(err, path)}"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} does not hold a state dict")
     return state
+
+
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format (a pickle)
+
+
+def _load_failure(err: Exception, path: Path) -> str:
+    text = " ".join(str(err).split())
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if path.suffix != ".safetensors" and start and not start.startswith(TORCH_FILE_STARTS):
+        return f"it is not a file written by torch.save (those start with a zip or pickle header, it starts {start!r})"
+    if text.startswith("Weights only load failed"):
+        return ("it holds Python objects besides tensors (a whole pickled model?), which lst_fast does not unpickle; "
+                "save model.state_dict() instead")
+    if isinstance(err, EOFError):
+        return "the file ends early (empty or cut off)"
+    first = text.split(". ")[0]
+    return f"{type(err).__name__}: {first[:150]}" if first else type(err).__name__
 
 
 def load_model(

@@ -109,8 +109,10 @@ class SweepConfig:
     )
     data: str = option(
         "embedded", "'embedded' (bundled photos), 'imagenet:DIR' (class folders named by WordNet id, or the flat "
-        "ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version) or 'folder:DIR' (any "
-        "images, no labels: the model's prediction is their label)", _data, group=GROUPS[0], required=True,
+        "ILSVRC2012 validation images), 'cifar10:DIR' (test split of the python version), 'folder:DIR' (any "
+        "images, no labels: the model's prediction is their label), or DIR alone: its kind is detected from what "
+        "it holds and said on stderr. Images of any pixel mode are read (16-bit scaled by 1/65535); files that "
+        "cannot be read are skipped and listed", _data, group=GROUPS[0], required=True,
     )
     checkpoint: str | None = option(
         None, "local state dict (.pth/.pt/.safetensors) for the timm architecture --model", _existing_file,

@@ -37,6 +37,9 @@ def describe(out_dir: str | Path) -> str:
         "  started by: " + ", ".join(f"{k} {created[k]}" for k in ("lst_fast", "torch", "device") if k in created),
         "  units: " + "; ".join(survey.describe() for survey in surveys.values()),
     ]
+    skipped = folder.selection.skipped
+    if skipped:
+        lines.append(f"  skipped image files: {len(skipped)} could not be read (listed in selection.json)")
     lines += [f"  {line}" for line in summary.describe()]
     if summary.units and not summary.problems():
         lines.append("  all finished units were computed under the same conditions: their tables are bit-identical "

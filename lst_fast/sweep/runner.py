@@ -132,6 +132,7 @@ def run_sweep(
     progress: bool = True,
     lpips_weights: str | Path | None = None,
     cuda_graphs: bool = False,
+    strict_images: bool = False,
 ) -> SweepReport:
     """Run (or resume) this process's share of a sweep into ``out_dir``.
 
@@ -147,6 +148,8 @@ def run_sweep(
         lpips_weights: local AlexNet weights for LPIPS (default: torch's hub cache); without them a new sweep
             leaves LPIPS out (noted in the manifest and the tables).
         cuda_graphs: run LST as replayed CUDA graphs (CUDA devices only; see :func:`lst_fast.traverse_batch`).
+        strict_images: stop at the first image file that cannot be read (:class:`lst_fast.data.UnreadableImage`)
+            instead of skipping it; skipped files are listed in the folder's ``selection.json``.
     """
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -154,9 +157,12 @@ def run_sweep(
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if not wait >= 0 or not poll > 0:
         raise ValueError(f"wait must be >= 0 and poll > 0 seconds, got wait={wait!r}, poll={poll!r}")
-    if not isinstance(cuda_graphs, bool):
-        raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
-    sweep, note = _open(config, Path(out_dir), device, workers, shard, progress, lpips_weights, cuda_graphs)
+    for name, flag in (("cuda_graphs", cuda_graphs), ("strict_images", strict_images)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    sweep, note = _open(
+        config, Path(out_dir), device, workers, shard, progress, lpips_weights, cuda_graphs, strict_images
+    )
     traverse = _traverse_phase(sweep) if phase in ("all", "traverse") else PhaseCount()
     triangles, waiting = PhaseCount(), []
     if config.triangles and phase in ("all", "triangles"):
@@ -171,7 +177,7 @@ def run_sweep(
 # Set-up: every check happens here, before any unit is computed
 
 
-def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda_graphs):
+def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda_graphs, strict_images):
     config = config.checked()
     _check_out_dir(out_dir)
     placement = resolve_placement(parse_shard(shard) if isinstance(shard, str) else shard)
@@ -192,7 +198,7 @@ def _open(config, out_dir, device, workers, shard, progress, lpips_weights, cuda
     )
     if stored is not None:
         _same_config(stored, identity, out_dir)
-    selection = _selection(store, config, inputs, device, workers)
+    selection = _selection(store, config, inputs, device, workers, strict_images)
     manifest = store.write_json_once(store.manifest_path, {
         "config_id": config_id(identity),
         "seed": config.seed,
@@ -264,13 +270,14 @@ def _same_config(manifest: dict, identity: dict, out_dir: Path) -> None:
         )
 
 
-def _selection(store, config, inputs: Inputs, device, workers) -> Selection:
+def _selection(store, config, inputs: Inputs, device, workers, strict_images) -> Selection:
     dataset = inputs.dataset
     stored = store.read_json(store.selection_path)
     if stored is None:
         selection = select_images(
             inputs.model, inputs.normalizer, dataset, num_samples=config.num_samples, min_conf=config.min_conf,
             seed=config.seed, batch_size=config.eval_batch_size, device=device, workers=workers,
+            strict=strict_images,
         )
         _check_selection(selection, config)  # before writing: a selection a sweep cannot use is never stored
         stored = store.write_json_once(store.selection_path, selection.to_json())
