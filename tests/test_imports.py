@@ -34,6 +34,7 @@ LAYERS = [
     ("sweep.selection", "sweep.info", "tables"),
     ("sweep.runner",),
     ("sweep", "sweep.figures"),
+    ("sweep.report",),
     ("cli",),
 ]
 
