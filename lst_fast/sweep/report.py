@@ -23,9 +23,9 @@ import io
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -108,6 +108,7 @@ class ReportData:
 
     tables: list[TableData]
     sweeps: list[SweepData]
+    thumb_size: int = THUMB_SIZE  # pixels, how large the gallery shows its thumbnails
 
 
 def write_report(
@@ -179,9 +180,9 @@ def read_sweeps(
         store = SweepStore(out_dir)
         manifest, selection = store.read_existing()
         config, indices = manifest["config"], selection["indices"]
-        dataset = data.open_dataset(config["data"], image_size=config["image_size"])
+        dataset = data.open_dataset(config["data"], image_size=config.get("image_size"))
         # the model's classes without loading it: the checkpoint's head, the data set's own (CIFAR-10), ImageNet-1k
-        classes = class_namer(dataset, config["num_classes"] or len(getattr(dataset, "classes", ())) or 1000)
+        classes = class_namer(dataset, config.get("num_classes") or len(getattr(dataset, "classes", ())) or 1000)
         pairs = []
         for unit in make_plan(len(indices), config["rounds"], config["batch_size"], config["seed"]).traverse:
             try:
@@ -213,7 +214,7 @@ def read_sweeps(
             image_names={p: image_name(dataset, indices[p], p) for p in shown}, pairs=pairs, figures=drawn,
         ))
     tables = [TableData(t.title, list(t.columns), [list(r) for r in t.rows], list(t.notes)) for t in tables]
-    return ReportData(tables=tables, sweeps=sweeps)
+    return ReportData(tables=tables, sweeps=sweeps, thumb_size=thumb_size)
 
 
 def _number(value: torch.Tensor) -> float | int | None:
@@ -254,7 +255,8 @@ def render_html(report: ReportData, *, page_size: int = PAGE_SIZE) -> str:
     body += [_sweep_html(s, n, page_size) for n, s in enumerate(report.sweeps)]
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f"<title>LST report: {_e(labels)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>", *body,
+        f"<title>LST report: {_e(labels)}</title>",
+        f"<style>:root{{--thumb:{int(report.thumb_size)}px}}{STYLE}</style>", "</head>", "<body>", *body,
         f"<script>{SCRIPT}</script>", "</body>", "</html>", "",
     ])
 
@@ -291,8 +293,8 @@ def _sweep_html(sweep: SweepData, index: int, page_size: int) -> str:
     return "\n".join([
         f'<section class="sweep" id="sweep-{index}"><h2>{_e(sweep.label)}</h2><p>{_e(summary)}</p>{note}',
         f"<details><summary>Configuration</summary><table class=\"kv\">{config_rows}</table></details>",
-        f"<details><summary>Provenance (finished units: {_e(units)})</summary><table class=\"kv\">{made}</table>"
-        f"<ul>{conditions}</ul></details>",
+        (f"<details><summary>Provenance (finished units: {_e(units)})</summary><table class=\"kv\">{made}</table>"
+         f"<ul>{conditions}</ul></details>"),
         figures,
         _gallery_html(sweep, index, page_size),
         "</section>",
@@ -304,11 +306,10 @@ def _text(value) -> str:
 
 
 def _gallery_html(sweep: SweepData, index: int, page_size: int) -> str:
-    keys = [["order", "sweep order"]] + [[k, t] for k, t in sweep.distance_titles.items()] + [
-        [k, t] for k, t in PAIR_VALUES.items() if any(p.values[k] is not None for p in sweep.pairs)]
+    recorded = {k: t for k, t in PAIR_VALUES.items() if any(p.values[k] is not None for p in sweep.pairs)}
+    keys = [["order", "sweep order"]] + [[k, t] for k, t in (sweep.distance_titles | recorded).items()]
     blob = {
-        "page_size": page_size, "keys": keys, "distances": sweep.distance_titles,
-        "values": {k: t for k, t in PAIR_VALUES.items() if any(p.values[k] is not None for p in sweep.pairs)},
+        "page_size": page_size, "keys": keys, "distances": sweep.distance_titles, "values": recorded,
         "images": {str(p): uri for p, uri in sweep.images.items()},
         "names": {str(p): name for p, name in sweep.image_names.items()},
         "pairs": [
@@ -343,11 +344,11 @@ table.kv th{background:#f4f4f4;font-weight:normal}section.sweep{border-top:2px s
 .note{color:#a50}.plots{display:flex;flex-wrap:wrap;gap:8px}figure.plot{margin:0}
 figure.plot img{width:270px;border:1px solid #ddd}figure.plot figcaption{font-size:12px;color:#555}
 .controls{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:.4em 0}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,306px);gap:8px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,max(300px,calc(3*var(--thumb) + 18px)));gap:8px}
 figure.pair{margin:0;padding:4px;border:1px solid #ddd;border-radius:4px;background:#fafafa}
-.thumbs{display:flex;gap:3px}.thumbs img{width:96px;height:96px;object-fit:contain;background:#eee;
+.thumbs{display:flex;gap:3px}.thumbs img{width:var(--thumb);height:var(--thumb);object-fit:contain;background:#eee;
 image-rendering:pixelated}figure.pair figcaption{font-size:12px}.muted{color:#666}
-.labels{display:flex;gap:3px;font-size:11px;color:#666}.labels span{width:96px;text-align:center}
+.labels{display:flex;gap:3px;font-size:11px;color:#666}.labels span{width:var(--thumb);text-align:center}
 """
 
 # Builds each gallery's current page from its JSON blob; the state (sort key, order, source class, page, page
