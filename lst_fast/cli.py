@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tables(commands)
     _add_info(commands)
     _add_plot(commands)
+    _add_report(commands)
     return parser
 
 
@@ -334,6 +335,29 @@ def _add_plot(commands) -> None:
     plot.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
+def _add_report(commands) -> None:
+    from lst_fast.sweep.report import PAGE_SIZE, THUMB_SIZE
+
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML page of sweep folders: configuration, tables, figures, a gallery of pairs",
+        formatter_class=_DefaultsFormatter,
+        description="Writes one HTML file (no network, opens from disk) with each sweep's configuration and "
+        "provenance, Tables 1 and 2 (several sweeps side by side, as 'lst-fast tables'), the figures of 'lst-fast "
+        "plot' and a gallery of every valid pair (source, target and LST output thumbnails, classes, confidences, "
+        "distances), sortable and filterable by source class. The data sets are read again for the thumbnails.",
+    )
+    report.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--no-figures", action="store_true",
+                        help="leave out the figures of 'lst-fast plot' (they load each sweep's model again)")
+    report.add_argument("--pairs", type=_at_least_one, default=4, help="how many pairs and sources the figures show")
+    report.add_argument("--thumb-size", type=_at_least_one, default=THUMB_SIZE,
+                        help="longest side of the gallery thumbnails, in pixels")
+    report.add_argument("--page-size", type=_at_least_one, default=PAGE_SIZE, help="gallery elements per page")
+    report.add_argument("--device", help="torch device for the figures (default: cuda if available, else cpu)")
+
+
 def _say(command: str, text: str) -> None:
     """One line on stderr, above any progress bar."""
     tqdm.write(f"lst-fast {command}: {text}", file=sys.stderr)
@@ -409,10 +433,22 @@ def _plot(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from lst_fast.sweep.report import write_report
+
+    path = write_report(
+        args.dirs, args.out, figures=not args.no_figures, figure_pairs=args.pairs, thumb_size=args.thumb_size,
+        page_size=args.page_size, device=args.device,
+    )
+    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot}
+    handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot,
+                "report": _report}
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
         try:

@@ -36,6 +36,7 @@ LAYERS = [
     ("sweep.info", "sweep.tables"),
     ("sweep.runner",),
     ("sweep", "sweep.figures"),
+    ("sweep.report",),
     ("cli",),
 ]
 
