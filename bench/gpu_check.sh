@@ -4,9 +4,8 @@
 # against the reference loop, on a second device too where there is one), the step benchmark (both CUDA launch
 # plans: rows "cuda" and "cuda_l2"), the end-to-end traversal benchmark (ResNet-50, the paper's batch 196,
 # fp32 and bf16, with and without CUDA graphs) and the agreement of those options with the reference loop on the
-# offline model, and writes everything under one folder. Meant for a machine with an NVIDIA GPU, for example the
-# device tool (from the repo root, with the wheelhouse .whl/ described below):
-#     run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=510)
+# offline model, and writes everything under one folder. Meant for a machine with an NVIDIA GPU, run from the
+# repository root with the wheelhouse .whl/ described below beside the checkout.
 #
 # Usage: bash bench/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu_check)
 #
@@ -23,8 +22,8 @@
 # The package is built in place with CMake (no pip install, no scikit-build-core needed) into lst_fast/,
 # and the repo is put on PYTHONPATH.
 #
-# Output (at most 8 files come back from the device tool; this writes 7, CSVs are left out since the JSON files
-# hold the same rows):
+# Output (7 files, kept few so that they are easy to copy off the machine; CSVs are left out since the JSON
+# files hold the same rows):
 #   summary.txt    one line per step: name, exit code, seconds; the step benchmark table at the end
 #   gpu_check.log  the full output of every step (the GPU tests' report included)
 #   step_cuda.json             bench/bench_step.py results (table and plot: --plot-only step_cuda.json)
