@@ -94,6 +94,17 @@ def traverse_batch(
             calls. The acceptance rule is the spec's. ``record`` is not available with it.
         step_growth, step_shrink, max_step_scale: the adaptive schedule's knobs (>= 1, in (0, 1], >= 1); with
             growth and shrink 1 it is the paper's loop.
+
+    Returns:
+        A :class:`lst_fast.traversal.TraversalResult` for the whole batch, row ``i`` for pair ``i``: the outputs
+        (``images``), which rows were traversed (``valid``), the source-class confidence before and after
+        (``init_conf``, ``final_conf``), accepted steps, model evaluations and the last step size per row, and
+        the recorded path where ``record`` asked for it.
+
+    Raises:
+        ValueError: a setting or option out of range (named), images of different shapes, a backend that cannot
+            run here, ``cuda_graphs`` without CUDA tensors or with a schedule of changing shapes.
+        TypeError: an argument of the wrong type (named).
     """
     settings = check_settings(settings, **setting_keywords)
     options = RunnerOptions(normalizer=normalizer, memory_format=memory_format, fold_batchnorm=fold_batchnorm,

@@ -30,8 +30,15 @@ def traverse_batch(
 ) -> TraversalResult:
     """Level set traversal from each source towards its target (reference implementation).
 
-    Takes the same arguments and returns the same type as :func:`lst_fast.traverse_batch`. The adaptive
+    Takes the same arguments and returns the same type as :func:`lst_fast.traverse_batch`: two forwards and a
+    backward per iteration and an eager step, line by line as algorithm §1-§3 state them. The adaptive
     schedule runs every row in every iteration and masks the finished ones (the fast path removes them).
+
+    Returns:
+        A :class:`lst_fast.traversal.TraversalResult`, as :func:`lst_fast.traverse_batch` returns it.
+
+    Raises:
+        ValueError, TypeError: as :func:`lst_fast.traverse_batch` (the same checks).
     """
     settings = check_settings(settings, **setting_keywords)
     with model_guard(model):

@@ -28,6 +28,25 @@ class TraversalResult:
     ``accepted == 0``, ``final_conf == init_conf`` and NaN in the recorded confidences.
     The ``path_*`` fields are None unless asked for with ``record``; their second axis follows
     ``path_iters`` (the iterations at which the iterate was recorded, before that iteration's step).
+
+    Attributes:
+        images: (B, C, H, W) the LST outputs (invalid rows: their source).
+        valid: (B,) bool, whether the model predicted ``labels`` on the source, i.e. the row was traversed.
+        labels: (B,) int64 source class y.
+        init_conf: (B,) ``p(src)[y]`` on the clean source.
+        final_conf: (B,) ``p(images)[y]``, the output's source-class confidence.
+        accepted: (B,) int64 number of accepted steps.
+        iters: the ``iters`` setting of the run.
+        evaluations: (B,) int64 model evaluations of the row: its start point and every candidate (``iters + 1``
+            under the paper's schedule, fewer under the adaptive one; 0 for invalid rows).
+        final_step_size: (B,) float64 step size of the row's last candidate (0 for invalid rows).
+        target_labels: (B,) int64 target classes, when confidences are recorded.
+        path_iters: (L,) int64 iterations at which the path was recorded.
+        path_conf: (B, L) source-class confidence along the path.
+        path_target_conf: (B, L) target-class confidence along the path.
+        path_images: (B, L, C, H, W) the iterates along the path.
+        path_widths: (B, L, len(width_distances) + 1, 2) path widths along the path
+            (see :func:`lst_fast.geometry.path_width`).
     """
 
     images: torch.Tensor  # (B, C, H, W) LST outputs

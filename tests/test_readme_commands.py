@@ -1,7 +1,7 @@
-"""Every ``lst-fast`` command line of the README is accepted by the real command-line parser, so that the commands
-a reader copies cannot drift from the options (parsing only; nothing runs). The data folders the README names do
-not exist here: each is checked to be taken as a folder, and a temporary folder of the same shape to be read as the
-kind the README means."""
+"""Every ``lst-fast`` command line of the README and the docs is accepted by the real command-line parser, so that the
+commands a reader copies cannot drift from the options (parsing only; nothing runs). The data folders the README
+names do not exist here: each is checked to be taken as a folder, and a temporary folder of the same shape to be
+read as the kind the README means."""
 
 import argparse
 import os
@@ -16,7 +16,8 @@ from PIL import Image
 from lst_fast import cli, data
 from lst_fast.sweep.placement import parse_shard
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # where users copy commands from
 LAUNCHERS = ("lst-fast", ".venv/bin/lst-fast")
 SHELL_ENVIRONMENT = {"SLURM_ARRAY_TASK_ID": "3"}  # what Slurm sets for task 3 of an array, before its shell expands
 
@@ -62,7 +63,7 @@ def _cli_argv(words: list[str]) -> list[str] | None:
 
 def _readme_command_lines() -> list[tuple[str, list[str]]]:
     found = []
-    for block in _code_blocks(README.read_text()):
+    for block in (b for doc in DOCUMENTS for b in _code_blocks(doc.read_text())):
         for words in _shell_commands(block):
             argv = _cli_argv(words)
             if argv is not None:
@@ -127,7 +128,7 @@ def test_inline_commands_name_real_options():
     """Inline mentions such as `lst-fast sweep --schedule adaptive` name a command and options that exist."""
     parser = cli.build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    spans = re.findall(r"`((?:\.venv/bin/)?lst-fast[^`]*)`", README.read_text())
+    spans = [s for doc in DOCUMENTS for s in re.findall(r"`((?:\.venv/bin/)?lst-fast[^`]*)`", doc.read_text())]
     assert len(spans) >= 5
     for span in spans:
         words = shlex.split(span)[1:]
