@@ -12,7 +12,28 @@ target confidences and triangle statistics), :mod:`~lst_fast.sweep.runner` (the 
 :mod:`~lst_fast.sweep.figures` (``lst-fast plot``).
 """
 
-from lst_fast.sweep.config import SweepConfig
-from lst_fast.sweep.runner import SweepReport, run_sweep
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (below)
+    from lst_fast.sweep.config import SweepConfig
+    from lst_fast.sweep.runner import SweepReport, run_sweep
 
 __all__ = ["SweepConfig", "SweepReport", "run_sweep"]
+
+# Each public name's module, imported on first use (PEP 562): ``lst-fast sweep --help`` reads
+# lst_fast.sweep.config without the runner (torch, timm, the metrics).
+_HOMES = {"SweepConfig": "lst_fast.sweep.config", "SweepReport": "lst_fast.sweep.runner",
+          "run_sweep": "lst_fast.sweep.runner"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'lst_fast.sweep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_HOMES))
