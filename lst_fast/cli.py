@@ -100,8 +100,9 @@ def _add_examples(commands) -> None:
     what.add_argument("--out", required=True, help="output folder (created)")
     pick = examples.add_argument_group("which images")
     by = pick.add_mutually_exclusive_group()
+    paper = " ".join(map(str, choices.PAPER_CLASSES))
     by.add_argument("--classes", type=int, nargs="+", metavar="C",
-                    help=f"class indices of the model (default: the paper's {' '.join(map(str, choices.PAPER_CLASSES))})")
+                    help=f"class indices of the model (default: the paper's {paper})")
     by.add_argument("--images", nargs="+", metavar="NAME",
                     help="the images by name instead of classes (file name, stem or end of path; for data without "
                     "labels, folder: and embedded, the only way)")
@@ -248,7 +249,8 @@ def _add_tables(commands) -> None:
     )
     tables.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
     tables.add_argument("--format", choices=choices.TABLE_FORMATS, default="markdown", help="output format")
-    tables.add_argument("--table", choices=choices.TABLE_WHICH, default="all", help="which table(s): 1, 2, the cost, or all")
+    tables.add_argument("--table", choices=choices.TABLE_WHICH, default="all",
+                        help="which table(s): 1, 2, the cost, or all")
     tables.add_argument("--same-conditions", action="store_true",
                         help="refuse a sweep whose units were computed under different (or unrecorded) conditions "
                         "(threads, device, versions, ...): only then are its tables bit-identical to one "

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 
-from lst_fast.choices import EMBEDDED_PHOTOS  # noqa: F401  (lst_fast.data.EMBEDDED_PHOTOS: the bundled photos)
+from lst_fast.choices import EMBEDDED_PHOTOS  # the bundled photos (lst_fast.data.EMBEDDED_PHOTOS)
 
 RESIZE, CROP = 256, 224
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-if TYPE_CHECKING:  # torch is imported where a schedule makes tensors: the registry (the ``schedule`` setting's
-    import torch   # choices, read by the command line's parser) needs no torch
+# torch is imported where a schedule makes tensors: the registry (the ``schedule`` setting's choices, which the
+# command line's parser reads) needs none.
+if TYPE_CHECKING:
+    import torch
 
 
 class Schedule:

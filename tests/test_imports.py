@@ -236,9 +236,8 @@ def test_command_help_imports_no_torch(command):
 
 
 def test_bad_argument_is_refused_before_torch():
-    report, status = loaded_after(
-        "from lst_fast import cli\ncli.main(['sweep', '--out', 'x', '--model', 'm', '--data', 'embedded', '--iters', '-3'])"
-    )
+    argv = ["sweep", "--out", "x", "--model", "m", "--data", "embedded", "--iters", "-3"]
+    report, status = loaded_after(f"from lst_fast import cli\ncli.main({argv!r})")
     assert status == 2
     assert report["loaded"] == []
 
