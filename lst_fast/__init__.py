@@ -7,6 +7,7 @@ confidence in the source class. ``lst_fast.traverse_batch`` is the fast implemen
 """
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (below)
@@ -24,11 +25,13 @@ _HOMES = {"traverse_batch": "lst_fast.fast", "TraversalResult": "lst_fast.traver
 
 
 def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'lst_fast' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as after an eager import
+    raise AttributeError(f"module 'lst_fast' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

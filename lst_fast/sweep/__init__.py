@@ -13,6 +13,7 @@ target confidences and triangle statistics), :mod:`~lst_fast.sweep.runner` (the 
 """
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (below)
@@ -28,11 +29,13 @@ _HOMES = {"SweepConfig": "lst_fast.sweep.config", "SweepReport": "lst_fast.sweep
 
 
 def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'lst_fast.sweep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as after an eager import
+    raise AttributeError(f"module 'lst_fast.sweep' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
