@@ -1,4 +1,9 @@
-"""The ``lst-fast`` command line."""
+"""The ``lst-fast`` command line.
+
+The parser is built from light modules only (lst_fast.choices, lst_fast.settings, lst_fast.sweep.config: no
+torch), so that ``--help`` and errors in the arguments come before any heavy import; each command imports what
+it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,7 @@ import os
 import sys
 import warnings
 
-from tqdm.auto import tqdm
-
-from lst_fast import data, models
+from lst_fast import choices
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="lst_fast_out/demo", help="output folder (default: %(default)s)")
     demo.add_argument("--iters", type=_positive_int, default=400, help="LST iterations (default: %(default)s)")
     demo.add_argument(
-        "--photos", nargs="+", default=list(data.EMBEDDED_PHOTOS[:4]), choices=data.EMBEDDED_PHOTOS,
+        "--photos", nargs="+", default=list(choices.EMBEDDED_PHOTOS[:4]), choices=choices.EMBEDDED_PHOTOS,
         help="bundled photos to use (default: %(default)s)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the start-point noise (default: %(default)s)")
@@ -82,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_examples(commands) -> None:
-    from lst_fast.examples import DEFAULT_BATCH_SIZE, PAPER_CLASSES
-
     examples = commands.add_parser(
         "examples",
         help="the paper's Figure 1 (image grid) and triangle figures for any model and data",
@@ -99,8 +100,9 @@ def _add_examples(commands) -> None:
     what.add_argument("--out", required=True, help="output folder (created)")
     pick = examples.add_argument_group("which images")
     by = pick.add_mutually_exclusive_group()
+    paper = " ".join(map(str, choices.PAPER_CLASSES))
     by.add_argument("--classes", type=int, nargs="+", metavar="C",
-                    help=f"class indices of the model (default: the paper's {' '.join(map(str, PAPER_CLASSES))})")
+                    help=f"class indices of the model (default: the paper's {paper})")
     by.add_argument("--images", nargs="+", metavar="NAME",
                     help="the images by name instead of classes (file name, stem or end of path; for data without "
                     "labels, folder: and embedded, the only way)")
@@ -109,7 +111,7 @@ def _add_examples(commands) -> None:
     _add_traversal_options(lst)
     lst.add_argument("--seed", type=_positive_int, default=0,
                      help="seed of the image order and the start-point noise (batch b of pairs: seed + b)")
-    lst.add_argument("--batch-size", type=_at_least_one, default=DEFAULT_BATCH_SIZE,
+    lst.add_argument("--batch-size", type=_at_least_one, default=choices.EXAMPLES_BATCH_SIZE,
                      help="pairs per LST batch (more pairs run in several batches)")
     figures = examples.add_argument_group("figures")
     _add_path_options(figures)
@@ -236,8 +238,6 @@ def option_type(name: str, rule):
 
 
 def _add_tables(commands) -> None:
-    from lst_fast.sweep.tables import FORMATS, WHICH
-
     tables = commands.add_parser(
         "tables",
         help="the paper's Tables 1 and 2 and each sweep's cost, from sweep folders (finished or not)",
@@ -248,8 +248,9 @@ def _add_tables(commands) -> None:
         "and the settings in which the shown sweeps differ.",
     )
     tables.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folder(s) written by 'lst-fast sweep'")
-    tables.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
-    tables.add_argument("--table", choices=WHICH, default="all", help="which table(s): 1, 2, the cost, or all")
+    tables.add_argument("--format", choices=choices.TABLE_FORMATS, default="markdown", help="output format")
+    tables.add_argument("--table", choices=choices.TABLE_WHICH, default="all",
+                        help="which table(s): 1, 2, the cost, or all")
     tables.add_argument("--same-conditions", action="store_true",
                         help="refuse a sweep whose units were computed under different (or unrecorded) conditions "
                         "(threads, device, versions, ...): only then are its tables bit-identical to one "
@@ -336,8 +337,6 @@ def _add_plot(commands) -> None:
 
 
 def _add_report(commands) -> None:
-    from lst_fast.sweep.report import PAGE_SIZE, THUMB_SIZE
-
     report = commands.add_parser(
         "report",
         help="one self-contained HTML page of sweep folders: configuration, tables, figures, a gallery of pairs",
@@ -352,14 +351,16 @@ def _add_report(commands) -> None:
     report.add_argument("--no-figures", action="store_true",
                         help="leave out the figures of 'lst-fast plot' (they load each sweep's model again)")
     report.add_argument("--pairs", type=_at_least_one, default=4, help="how many pairs and sources the figures show")
-    report.add_argument("--thumb-size", type=_at_least_one, default=THUMB_SIZE,
+    report.add_argument("--thumb-size", type=_at_least_one, default=choices.THUMB_SIZE,
                         help="longest side of the gallery thumbnails, in pixels")
-    report.add_argument("--page-size", type=_at_least_one, default=PAGE_SIZE, help="gallery elements per page")
+    report.add_argument("--page-size", type=_at_least_one, default=choices.PAGE_SIZE, help="gallery elements per page")
     report.add_argument("--device", help="torch device for the figures (default: cuda if available, else cpu)")
 
 
 def _say(command: str, text: str) -> None:
     """One line on stderr, above any progress bar."""
+    from tqdm.auto import tqdm
+
     tqdm.write(f"lst-fast {command}: {text}", file=sys.stderr)
 
 
@@ -371,6 +372,8 @@ def _first_process() -> bool:
 def _sweep_notes(args) -> None:
     """What the sweep will read and run on, where the user did not say it: the kind of a bare --data folder, and
     random weights."""
+    from lst_fast import data, models
+
     spec = data.parse_data_spec(args.data)
     if spec.detected and _first_process():
         _say("sweep", f"--data {args.data}: {spec.detected}; read as {spec} (name the kind to choose another)")
@@ -447,6 +450,8 @@ def _report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lst_fast import data  # the arguments are parsed: from here on the commands import torch
+
     handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot,
                 "report": _report}
     with warnings.catch_warnings():
@@ -468,6 +473,8 @@ def _one_line_warnings(command: str, show):
     """``warnings.showwarning`` that gives lst_fast's image warnings as one line each, others as before."""
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
+        from lst_fast import data
+
         if issubclass(category, data.ImageWarning):
             _say(command, f"warning: {message}")
         else:

@@ -17,9 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 
-# Colour photos that ship inside the scikit-image wheel (no download). The first four are the ones the
-# spec's section 7 describes.
-EMBEDDED_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "hubble_deep_field", "immunohistochemistry")
+from lst_fast.choices import EMBEDDED_PHOTOS  # the bundled photos (lst_fast.data.EMBEDDED_PHOTOS)
+
 RESIZE, CROP = 256, 224
 
 

@@ -35,10 +35,10 @@ from matplotlib.figure import Figure
 from torchvision.utils import save_image
 
 from lst_fast import TraversalResult, TraversalSettings, data, geometry, metrics, models, plots, traverse_batch
+from lst_fast.choices import EXAMPLES_BATCH_SIZE, PAPER_CLASSES
 from lst_fast.validation import check_bool, check_number
 
-PAPER_CLASSES = (99, 199, 299, 400, 499)  # the paper's Figure 1 (ImageNet: goose, Scotch terrier, meerkat, ...)
-DEFAULT_BATCH_SIZE = 196  # pairs per LST batch: the paper's batch
+DEFAULT_BATCH_SIZE = EXAMPLES_BATCH_SIZE  # pairs per LST batch: the paper's batch
 SELECTION_BATCH = 32  # images per forward-only model call while choosing images
 PATH_POINTS = 20  # the confidence (and path widths) are recorded every iters / PATH_POINTS iterations
 CAPTION_CHARS = 22

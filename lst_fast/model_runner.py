@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lst_fast.choices import PRECISION_NAMES
 from lst_fast.classifier import (
     check_normalizer,
     checked_logits,
@@ -153,7 +154,7 @@ def _tuned_copy(model, examples, normalizer, layout, fold: bool) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------
 # Precision
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16)))
 
 
 def check_precision(precision: str) -> str:

@@ -27,9 +27,12 @@ How to add a schedule:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
+# torch is imported where a schedule makes tensors: the registry (the ``schedule`` setting's choices, which the
+# command line's parser reads) needs none.
+if TYPE_CHECKING:
+    import torch
 
 
 class Schedule:
@@ -104,6 +107,8 @@ class PaperSchedule(Schedule):
         return None
 
     def last_step_sizes(self) -> torch.Tensor:
+        import torch
+
         return torch.full((self.rows,), self.settings.step_size, dtype=torch.float64, device=self.device)
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -120,6 +125,8 @@ class AdaptiveSchedule(Schedule):
     knobs = ("step_growth", "step_shrink", "max_step_scale")
 
     def __init__(self, settings, rows: int, device: torch.device):
+        import torch
+
         super().__init__(settings, rows, device)
         self.scale = torch.ones(rows, dtype=torch.float64, device=device)
         self.progress = torch.zeros(rows, dtype=torch.float64, device=device)  # accepted steps, in step_size
@@ -134,6 +141,8 @@ class AdaptiveSchedule(Schedule):
         return not (iteration == iters - 1 or bool((self.progress + self.scale >= iters).all()))
 
     def update(self, accept: torch.Tensor) -> torch.Tensor:
+        import torch
+
         settings, scale = self.settings, self.scale
         self.last_step = scale * settings.step_size
         self.progress = self.progress + torch.where(accept, scale, 0)

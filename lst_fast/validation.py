@@ -1,16 +1,19 @@
 """Argument checks shared by the whole package: each returns the checked value or raises a TypeError /
 ValueError that names the argument and says what was expected.
 
-This module imports nothing from lst_fast, so every layer (kernels, loops, geometry, sweeps) may use it.
+This module imports nothing from lst_fast, so every layer (kernels, loops, geometry, sweeps) may use it. It imports
+torch only in the checks of tensors, so that the command line's parser (whose option checks are these) starts
+without it.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 VALUE_TOLERANCE = 1e-6  # images may leave [0, 1] by this much (rounding in preprocessing) and are clamped
 
@@ -42,6 +45,8 @@ def check_radii(name: str, distances) -> tuple[float, ...]:
 
 def check_images(name: str, images, *, like: torch.Tensor | None = None) -> torch.Tensor:
     """A (B, C, H, W) floating-point batch of finite values in [0, 1] (up to a rounding tolerance)."""
+    import torch
+
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if not images.is_floating_point():
@@ -69,6 +74,8 @@ def check_labels(name: str, labels, batch: int, device: torch.device) -> torch.T
     """None, or a (B,) integer tensor / sequence of ints (range checked later by :func:`check_class_range`)."""
     if labels is None:
         return None
+    import torch
+
     if not isinstance(labels, torch.Tensor):
         if not isinstance(labels, Sequence) or not all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in labels
@@ -96,6 +103,8 @@ def check_generator(generator, device: torch.device) -> torch.Generator | None:
     """None, or a torch.Generator on the device type of the tensors it draws for."""
     if generator is None:
         return None
+    import torch
+
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if torch.device(generator.device).type != device.type:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ COMPILED = {"lst_fast._C", "lst_fast._C_cuda"}  # pybind11 modules built from cs
 # Which module may import which: each module imports only modules of lower layers (the README's "Layout"
 # section says the same in words). "" is lst_fast/__init__.py; "kernels.*" is every module in lst_fast/kernels/.
 LAYERS = [
+    ("choices",),
     ("validation", "rows", "classifier", "fusion", "data", "models", "_extension", "kernels", "testing", "schedules"),
     ("settings", "model_runner", "kernels.*"),
     ("ops", "metrics"),
@@ -189,3 +193,62 @@ def test_kernel_layer_imports_nothing_from_the_loops():
     outside = [m for m in seen
                if m not in allowed and not (m == "lst_fast.kernels" or m.startswith("lst_fast.kernels."))]
     assert outside == [], f"lst_fast.ops imports (through these) more than kernels, rows and validation: {outside}"
+
+
+# What the loops and the command line's parser must not import: plotting and image metrics (only the examples,
+# sweeps and figures need them) and the model zoo.
+PLOTTING_AND_METRICS = ("matplotlib", "lpips", "torchmetrics", "skimage")
+CLI_COMMANDS = ("demo", "examples", "sweep", "tables", "info", "plot", "report")
+
+
+def loaded_after(code: str) -> tuple[dict, int]:
+    """Run ``code`` in a fresh interpreter, then report ``{"loaded": [...]}``: which top-level modules of
+    PLOTTING_AND_METRICS, timm and torch it imported. Returns that and the exit status of ``code`` (SystemExit)."""
+    wrapper = (
+        "import json, sys\n"
+        "status = 0\n"
+        f"try:\n    exec({code!r})\n"
+        "except SystemExit as stop:\n    status = stop.code or 0\n"
+        f"names = {(*PLOTTING_AND_METRICS, 'timm', 'torch')!r}\n"
+        "print(json.dumps({'loaded': [n for n in names if n in sys.modules], 'status': status}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
+                          cwd=PACKAGE.parent)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report, report["status"]
+
+
+def test_the_loops_import_no_plotting_or_metrics():
+    report, _ = loaded_after(  # the submodules as attributes of the package, as the tests and users reach them
+        "import lst_fast\n"
+        "lst_fast.fast.traverse_batch, lst_fast.ops.backend_info, lst_fast.reference.traverse_batch\n"
+        "lst_fast.traverse_batch, lst_fast.TraversalSettings, lst_fast.TraversalResult"
+    )
+    assert "torch" in report["loaded"]  # the wrapper sees what the code imported
+    assert [m for m in report["loaded"] if m in PLOTTING_AND_METRICS] == []
+
+
+@pytest.mark.parametrize("command", CLI_COMMANDS)
+def test_command_help_imports_no_torch(command):
+    """``lst-fast CMD --help`` is built from the light modules: no torch, timm, plotting or metrics."""
+    report, status = loaded_after(f"from lst_fast import cli\ncli.main([{command!r}, '--help'])")
+    assert status == 0
+    assert report["loaded"] == []
+
+
+def test_bad_argument_is_refused_before_torch():
+    argv = ["sweep", "--out", "x", "--model", "m", "--data", "embedded", "--iters", "-3"]
+    report, status = loaded_after(f"from lst_fast import cli\ncli.main({argv!r})")
+    assert status == 2
+    assert report["loaded"] == []
+
+
+def test_package_attributes_are_the_loops_own():
+    from lst_fast import fast, settings, traversal
+
+    assert lst_fast.traverse_batch is fast.traverse_batch
+    assert lst_fast.TraversalSettings is settings.TraversalSettings
+    assert lst_fast.TraversalResult is traversal.TraversalResult
+    assert set(lst_fast.__all__) <= set(dir(lst_fast))
+    with pytest.raises(AttributeError, match="no attribute 'traverse'"):
+        lst_fast.traverse  # noqa: B018

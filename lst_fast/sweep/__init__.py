@@ -12,7 +12,31 @@ target confidences and triangle statistics), :mod:`~lst_fast.sweep.runner` (the 
 :mod:`~lst_fast.sweep.figures` (``lst-fast plot``).
 """
 
-from lst_fast.sweep.config import SweepConfig
-from lst_fast.sweep.runner import SweepReport, run_sweep
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers; at run time each name is imported on first use (below)
+    from lst_fast.sweep.config import SweepConfig
+    from lst_fast.sweep.runner import SweepReport, run_sweep
 
 __all__ = ["SweepConfig", "SweepReport", "run_sweep"]
+
+# Each public name's module, imported on first use (PEP 562): ``lst-fast sweep --help`` reads
+# lst_fast.sweep.config without the runner (torch, timm, the metrics).
+_HOMES = {"SweepConfig": "lst_fast.sweep.config", "SweepReport": "lst_fast.sweep.runner",
+          "run_sweep": "lst_fast.sweep.runner"}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule, as after an eager import
+    raise AttributeError(f"module 'lst_fast.sweep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_HOMES))

@@ -10,9 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lst_fast.data import parse_data_spec
-from lst_fast.models import file_sha256
-from lst_fast.model_runner import PRECISIONS
+from lst_fast.choices import PRECISION_NAMES
 from lst_fast.schedules import schedule_named
 from lst_fast.settings import SWEEP_SETTINGS, Choice, Number, TraversalSettings, settings_read_by
 from lst_fast.validation import check_bool
@@ -65,6 +63,8 @@ class Numbers:
 
 
 def _data(name: str, value):
+    from lst_fast.data import parse_data_spec  # lazily: lst-fast's parser reads these fields without torch
+
     parse_data_spec(value)  # raises naming the data spec
     return value
 
@@ -151,7 +151,7 @@ class SweepConfig:
         default=TraversalSettings(), metadata={"help": "the traversal's settings", "group": GROUPS[1]}
     )
     precision: str = option(
-        "fp32", "model precision during LST (bf16/fp16: autocast; the images stay fp32)", Choice(tuple(PRECISIONS)),
+        "fp32", "model precision during LST (bf16/fp16: autocast; the images stay fp32)", Choice(PRECISION_NAMES),
         group=GROUPS[1],
     )
     min_conf: float = option(
@@ -251,6 +251,9 @@ class SweepConfig:
         adaptive schedule's knobs under the paper's, the path's ``log_every`` under the adaptive one), so they
         never keep a run from adding to the folder.
         """
+        from lst_fast.data import parse_data_spec
+        from lst_fast.models import file_sha256
+
         used = _used_by(self.schedule)
         fields = {}
         for f in dataclasses.fields(self):  # the swept settings in traversal's place, as flat keys
@@ -301,6 +304,8 @@ def config_from_manifest(manifest: dict, *, checkpoint: str | None = None) -> Sw
     Raises:
         FileNotFoundError: the checkpoint is not where it is looked for.
     """
+    from lst_fast.models import file_sha256
+
     identity = comparable(manifest["config"])
     names = {f.name for f in dataclasses.fields(SweepConfig)} | set(SWEPT)
     fields = {k: v for k, v in identity.items() if k in names}

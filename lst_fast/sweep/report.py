@@ -32,13 +32,12 @@ from PIL import Image
 
 import lst_fast
 from lst_fast import data
+from lst_fast.choices import PAGE_SIZE, THUMB_SIZE
 from lst_fast.sweep.figures import class_namer, image_name, plot_sweep
 from lst_fast.sweep.folder import open_sweep
 from lst_fast.sweep.schema import DISTANCE_TITLES
 from lst_fast.sweep.tables import cost_table, distance_table, load_results, provenance_notes, triangle_table
 
-THUMB_SIZE = 96  # pixels, the longest side of a gallery thumbnail
-PAGE_SIZE = 48  # gallery elements per page
 JPEG_QUALITY = 80
 # Per-pair values besides the distances that the gallery shows and sorts by, with their titles; a value a
 # sweep's units do not record is None for its pairs.

@@ -19,14 +19,14 @@ from typing import Sequence
 
 import torch
 
+from lst_fast.choices import TABLE_FORMATS, TABLE_WHICH
 from lst_fast.sweep import schema
 from lst_fast.sweep.config import comparable
 from lst_fast.sweep.evaluation import LPIPS_LEFT_OUT
 from lst_fast.sweep.folder import CORRUPT, Survey, open_sweep
 from lst_fast.sweep.provenance import Summary
 
-FORMATS = ("markdown", "latex", "csv")
-WHICH = ("1", "2", "cost", "all")
+FORMATS, WHICH = TABLE_FORMATS, TABLE_WHICH  # --format and --table
 FIXED_COLUMNS = ["sweep", "model", "data", "schedule"]  # the first, textual columns of every table row
 # The traversal unit fields the tables read, per pair (Table 1 and the cost).
 PAIR_FIELDS = (schema.VALID, schema.FINAL_CONF, schema.EVALUATIONS, *schema.DISTANCE_FIELDS.values())
