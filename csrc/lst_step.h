@@ -1,4 +1,4 @@
-// The fused Level Set Traversal step (spec section 2, steps 2-5) on raw pointers.
+// The fused Level Set Traversal step (algorithm §2.2-2.5) on raw pointers.
 //
 // Every tensor is a batch of `n_rows` rows; row b of tensor T starts at T.data + b * T.row_stride elements and
 // holds `row_len` elements stored densely. All tensors must store a row's elements in the same order (both

@@ -1,4 +1,4 @@
-// The fused Level Set Traversal step on an NVIDIA GPU (spec section 2, steps 2-5); see lst_step.h.
+// The fused Level Set Traversal step on an NVIDIA GPU (algorithm §2.2-2.5); see lst_step.h.
 //
 // Two launch plans, picked by row length (the same as the Triton kernels in lst_fast/kernels/triton_step.py):
 //  * rows of at most kThreads * 32 elements: one thread block per row keeps the row in registers, so every

@@ -81,5 +81,5 @@ def class_conf(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def input_grad_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the batch, so that each row's input gradient is its own (spec 2.1)."""
+    """Cross-entropy summed over the batch, so that each row's input gradient is its own (algorithm §2.1)."""
     return F.cross_entropy(logits, labels, reduction="sum")

@@ -137,7 +137,7 @@ def _add_sweep(commands) -> None:
 
     sweep = commands.add_parser(
         "sweep",
-        help="the full evaluation (spec section 6): LST over many pairs, resumable and sharded",
+        help="the full evaluation (algorithm §6): LST over many pairs, resumable and sharded",
         formatter_class=_DefaultsFormatter,
         description="Picks --num-samples images that the model classifies correctly (confidence > --min-conf), "
         "pairs each with a different target in each of --rounds random derangements, runs LST on every pair, "

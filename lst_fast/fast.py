@@ -1,6 +1,6 @@
 """The fast Level Set Traversal loop: the reference's results at the cost of one forward+backward per step.
 
-Spec section 2, "Observation": a row that accepts its candidate takes its next gradient at exactly the
+Algorithm §2, "Observation": a row that accepts its candidate takes its next gradient at exactly the
 point just evaluated, and a row that rejects keeps the gradient it already had. So the loop evaluates each
 candidate *with* its backward, keeps the candidate's gradient for accepted rows and the cached one for
 rejected rows, and never runs the reference's second forward. The step itself is one fused kernel
@@ -224,7 +224,7 @@ def _iteration(buffers, schedule: Schedule, settings: TraversalSettings, backend
                      schedule.step_scale(), settings, backend)
     cand_probs, cand_grad = buffers.evaluate_candidate(need_grad=schedule.needs_gradient(iteration))
     with torch.no_grad():
-        # Spec 2.6-2.7: accept if the source-class confidence stays within pthresh of the clean source's.
+        # Algorithm §2.6-2.7: accept if the source-class confidence stays within pthresh of the clean source's.
         cand_conf = cand_probs.gather(1, buffers.labels.unsqueeze(1)).squeeze(1)
         accept = buffers.init_conf - cand_conf < settings.pthresh
         buffers.select(accept, cand_probs, cand_grad)

@@ -1,10 +1,10 @@
-"""Measurements around LST outputs (spec sections 4-5), batched over many pairs, triangles and samples.
+"""Measurements around LST outputs (algorithm §4-§5), batched over many pairs, triangles and samples.
 
 - :func:`interpolation_conf`: source-class confidence on the segment source -> output (star-like structure).
 - :func:`triangle_confidences`, :func:`triangle_stats`, :func:`aggregate_triangles`: confidence over the
   triangular convex hull of a source and two of its LST outputs (the paper's Table 2).
 - :func:`path_width`: 5%/95% quantiles of the confidence on spheres around a point, orthogonal to a
-  direction (spec section 4); also recorded along a traversal with ``record=("widths",)``.
+  direction (algorithm §4); also recorded along a traversal with ``record=("widths",)``.
 
 The original evaluates one triangle (66 points) or one radius of one sample (256 points) per model call.
 Here every model evaluation goes through the model runner (:meth:`lst_fast.model_runner.ModelRunner.confidences`,
@@ -200,7 +200,7 @@ def _check_deltas(deltas) -> tuple[float, ...]:
 def triangle_stats_from_confidences(
     conf: torch.Tensor, n: int = 10, deltas: Sequence[float] = FRACTION_DELTAS
 ) -> dict[str, torch.Tensor]:
-    """Spec section 5's per-triangle statistics from the confidences (T, G) at the :func:`triangle_grid` points.
+    """Algorithm §5's per-triangle statistics from the confidences (T, G) at the :func:`triangle_grid` points.
 
     Keys (each (T,)): ``p_src`` (at the source), ``mean`` (over all G points), ``frac_<d>`` = fraction of the
     points with ``p > p_src - d`` for each d in ``deltas``, ``edge_mean`` (over the 2(n+1) points of the edges
@@ -235,7 +235,7 @@ def triangle_stats(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Statistics of the triangles (srcs[t], outs_a[t], outs_b[t]) with source classes labels[t] (spec §5).
+    """Statistics of the triangles (srcs[t], outs_a[t], outs_b[t]) with source classes labels[t] (algorithm §5).
 
     Returns ``p_src``, ``mean``, ``frac_0.0``, ``frac_0.1``, ``frac_0.2``, ``frac_0.3``, ``edge_mean``,
     ``edge_min``, each (T,) (see :func:`triangle_stats_from_confidences`); per source, combine them with
@@ -250,7 +250,7 @@ def triangle_stats(
 
 
 def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str, torch.Tensor]:
-    """Per source (spec §5): the mean of every statistic over the source's triangles, except ``edge_min``,
+    """Per source (algorithm §5): the mean of every statistic over the source's triangles, except ``edge_min``,
     which takes the minimum. ``source_ids``: (T,) integers naming each triangle's source. Each result is (S,),
     one entry per distinct source id in increasing order."""
     if not isinstance(stats, dict) or "edge_min" not in stats:
@@ -272,7 +272,7 @@ def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Path width (spec section 4)
+# Path width (algorithm §4)
 
 
 def orthogonal_direction(x: torch.Tensor, grad: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -351,7 +351,7 @@ def path_width(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> torch.Tensor:
-    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (spec §4): (B, R+1, 2).
+    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (algorithm §4): (B, R+1, 2).
 
     For each sample, ``num_vecs`` random unit vectors u orthogonal to the direction (see
     :func:`random_orthogonal_units`); for each radius r in ``distances`` (L2, [0, 1] pixel units), the 5% and
@@ -378,7 +378,7 @@ def path_width(
 
 
 def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem, settings):
-    """Path widths at a traversal iterate (spec §3) for ``record=("widths",)``, in both loops.
+    """Path widths at a traversal iterate (algorithm §3) for ``record=("widths",)``, in both loops.
 
     Direction: that iteration's v_perp (from the gradient ``grad`` at ``x``); threshold: the traversal's
     ``pthresh``; random vectors: drawn from the traversal's generator (after its start-point noise), at each

@@ -1,4 +1,4 @@
-"""Distances between LST outputs and their targets (the paper's Table 1, spec section 5).
+"""Distances between LST outputs and their targets (the paper's Table 1, algorithm §5).
 
 LPIPS needs AlexNet's ImageNet weights, which torchvision normally downloads. Nothing here downloads: the
 weights come from a local file (``lpips_weights=``) or torchvision's file in the torch hub cache, and

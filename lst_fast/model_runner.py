@@ -11,7 +11,7 @@
   networks on CPU, where larger calls are slower per image).
 - :meth:`ModelRunner.evaluate`: softmax and input gradient of the summed cross-entropy, the fast loop's one
   forward+backward per step; :meth:`ModelRunner.confidences`: ``p(points)[labels]`` for a stream of points,
-  forward only (the geometry, spec sections 4-5), packed into calls regardless of which block they belong to
+  forward only (the geometry, algorithm §4-§5), packed into calls regardless of which block they belong to
   (:class:`Confidences`), each point built only when its call runs.
 """
 

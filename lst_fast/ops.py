@@ -1,4 +1,4 @@
-"""The fused LST step (spec section 2, steps 2-5) and its backends.
+"""The fused LST step (algorithm §2.2-2.5) and its backends.
 
 ``lst_step_`` is what the fast loop calls every iteration: it writes the candidate into a buffer that the
 caller owns and updates the correction buffer in place, so no memory is allocated per iteration.

@@ -124,7 +124,7 @@ def triangle_plot(
     corner_labels: Sequence[str] = ("source", "output a", "output b"),
     title: str | None = None,
 ) -> Path:
-    """Source-class confidence over one triangle (spec §5) as a filled contour, with its three images.
+    """Source-class confidence over one triangle (algorithm §5) as a filled contour, with its three images.
 
     ``conf``: (G,) confidences at :func:`lst_fast.geometry.triangle_grid` ``(n)`` points (one row of
     :func:`lst_fast.geometry.triangle_confidences`); ``images``: (3, C, H, W) source, output a, output b.

@@ -76,7 +76,7 @@ def traverse_batch(
 
 
 def _orthogonal_component(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Spec 2.3: ``v - grad * <grad, v> / <grad, grad>`` per row; ``v`` itself where the gradient is exactly zero
+    """Algorithm §2.3: ``v - grad * <grad, v> / <grad, grad>`` per row; ``v`` itself where the gradient is exactly zero
     (the documented deviation from the original's NaN)."""
     column = (-1,) + (1,) * (v.dim() - 1)
     grad_v = (grad * v).flatten(1).sum(1)

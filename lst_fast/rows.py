@@ -59,7 +59,7 @@ def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonal_component_(v: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Spec 2.3 in place: ``v - grad <grad, v> / <grad, grad>`` per row, written into ``v``; rows whose gradient
+    """Algorithm §2.3 in place: ``v - grad <grad, v> / <grad, grad>`` per row, written into ``v``; rows whose gradient
     is exactly zero keep ``v`` (the documented deviation from the original's NaN). The PyTorch form of the
     projection in the fused step (its twin, :func:`lst_fast.ops.lst_step_torch_`) and of the geometry's
     directions; the only temporaries are (B,) vectors.

@@ -76,7 +76,7 @@ def setting(default, help: str, check, *, sweep: bool = False, schedules: tuple[
 
 @dataclass(frozen=True, kw_only=True)
 class TraversalSettings:
-    """The settings of a traversal (spec sections 1-3), checked on construction.
+    """The settings of a traversal (algorithm §1-§3), checked on construction.
 
     Defaults are the paper's. ``adv_step_size`` None or 0 turns the adversarial correction off (stored as 0.0).
     """

@@ -1,4 +1,4 @@
-"""What the reference loop and the fast loop share: set-up (spec section 1), path recording (spec section 3)
+"""What the reference loop and the fast loop share: set-up (algorithm §1), path recording (algorithm §3)
 and the result type. Argument checks live in :mod:`lst_fast.validation` and :mod:`lst_fast.settings`, the
 model handling in :mod:`lst_fast.classifier`.
 
@@ -79,7 +79,7 @@ class TraversalResult:
 
 @dataclass
 class Problem:
-    """The set-up of spec section 1, for the valid rows only (suffix ``_all`` = the whole batch)."""
+    """The set-up of algorithm §1, for the valid rows only (suffix ``_all`` = the whole batch)."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] -> logits
     srcs_all: torch.Tensor
@@ -97,7 +97,7 @@ class Problem:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Set-up (spec section 1)
+# Set-up (algorithm §1)
 
 
 def prepare(
@@ -125,7 +125,7 @@ def prepare(
             target_labels = check_class_range("target_labels", target_labels, num_classes)
     valid = predicted == labels
 
-    # Spec 1.3: exactly one uniform draw of the valid rows' shape, so seeded runs match the original.
+    # Algorithm §1.3: exactly one uniform draw of the valid rows' shape, so seeded runs match the original.
     valid_srcs = clean[valid]
     noise = torch.rand(valid_srcs.shape, generator=generator, dtype=srcs.dtype, device=srcs.device)
     x0 = (valid_srcs + settings.init_noise * (noise - 0.5)).clamp_(0, 1)
@@ -147,7 +147,7 @@ def prepare(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Path recording (spec section 3) and the final result
+# Path recording (algorithm §3) and the final result
 
 
 class PathRecorder:

@@ -133,7 +133,7 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
 
 def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys, one_thread):
     """The offline EfficientNet on the bundled photos: only chelsea (p 0.38), coffee (0.95) and rocket (0.32)
-    have a top-1 confidence above 0.3 (see shared/EMBEDDED.md)."""
+    have a top-1 confidence above 0.3 (see docs/algorithm.md, §7)."""
     out = tmp_path / "embedded"
     args = ["sweep", "--model", "embedded", "--data", "embedded", "--out", str(out), "--min-conf", "0.3",
             "--num-samples", "6", "--rounds", "2", "--iters", "2", "--batch-size", "3", "--no-triangles",

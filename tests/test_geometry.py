@@ -1,4 +1,4 @@
-"""Geometry around LST outputs (spec sections 3-5): each statistic against a hand computation or a plain
+"""Geometry around LST outputs (algorithm §3-§5): each statistic against a hand computation or a plain
 one-at-a-time transcription of the spec, on tiny analytic classifiers and (sparingly) the offline
 EfficientNet-Lite0."""
 
@@ -63,7 +63,7 @@ def conf_of(model, points, label):
 
 
 def one_triangle(model, s, a, b, label, n):
-    """Spec section 5 for one triangle: 66 points (n = 10) in one model call, statistics in plain Python."""
+    """Algorithm §5 for one triangle: 66 points (n = 10) in one model call, statistics in plain Python."""
     grid = [(i, j) for i in range(n + 1) for j in range(n + 1 - i)]
     points = torch.stack([(1 - i / n - j / n) * s + (i / n) * a + (j / n) * b for i, j in grid])
     p = dict(zip(grid, conf_of(model, points, label).tolist()))
@@ -80,7 +80,7 @@ def one_triangle(model, s, a, b, label, n):
 
 
 def one_path_width(model, x, d, label, distances, num_vecs, pthresh, generator):
-    """Spec section 4 for one sample, with numpy quantiles."""
+    """Algorithm §4 for one sample, with numpy quantiles."""
     g = torch.randn((num_vecs, *x.shape), generator=generator).flatten(1)
     p_x = conf_of(model, x[None], label).item()
     d = d.flatten()

@@ -1,4 +1,4 @@
-"""Distances between LST outputs and targets (spec section 5): L2/sqrt(D), L-inf, SSIM and LPIPS, offline."""
+"""Distances between LST outputs and targets (algorithm §5): L2/sqrt(D), L-inf, SSIM and LPIPS, offline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The offline default of EMBEDDED.md: a real ImageNet EfficientNet-Lite0 and real photos, no downloads."""
+"""The offline default (docs/algorithm.md, §7): a real ImageNet EfficientNet-Lite0 and real photos, no downloads."""
 
 import builtins
 
@@ -14,7 +14,7 @@ def test_embedded_model_classifies_the_bundled_photos_as_documented(embedded_mod
     with torch.no_grad():
         probs = model(normalizer(photos)).softmax(1)
     conf, label = probs.max(1)
-    # EMBEDDED.md: chelsea -> 282 tiger cat (0.38), coffee -> 967 espresso (0.95), rocket -> 657 missile
+    # algorithm §7: chelsea -> 282 tiger cat (0.38), coffee -> 967 espresso (0.95), rocket -> 657 missile
     # (0.32), astronaut -> 450 (0.13).
     assert label.tolist() == [282, 967, 657, 450]
     torch.testing.assert_close(conf, torch.tensor([0.38, 0.95, 0.32, 0.13]), atol=0.015, rtol=0)

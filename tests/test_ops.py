@@ -674,7 +674,7 @@ def test_orthogonal_component_is_the_spec_projection_in_place(channels_last):
     if channels_last:
         v, grad = v.contiguous(memory_format=torch.channels_last), grad.contiguous(memory_format=torch.channels_last)
     expected = v.clone()
-    for i in range(2):  # spec 2.3 row by row; a zero gradient keeps v (the documented deviation)
+    for i in range(2):  # algorithm §2.3 row by row; a zero gradient keeps v (the documented deviation)
         expected[i] = v[i] - grad[i] * (grad[i] * v[i]).sum() / (grad[i] * grad[i]).sum()
     got = orthogonal_component_(v, grad)
     assert got is v  # written into v

@@ -1,4 +1,4 @@
-"""The fast loop against the reference loop (spec section 2) and the loops' contract with the caller."""
+"""The fast loop against the reference loop (algorithm §2) and the loops' contract with the caller."""
 
 import pytest
 import torch
@@ -154,7 +154,7 @@ def test_progress_bar_runs(capsys):
 
 
 def test_offline_model_keeps_confidence_and_approaches_target(embedded_model, photos):
-    """Spec section 7 in miniature: the source class stays confident while the image moves to the target."""
+    """Algorithm §7 in miniature: the source class stays confident while the image moves to the target."""
     model, normalizer = embedded_model
     srcs, tgts = photos, photos.roll(1, 0)
     result = lst_fast.traverse_batch(

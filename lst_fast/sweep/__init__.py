@@ -1,4 +1,4 @@
-"""Dataset-scale LST sweeps (spec section 6): resumable, sharded across processes and machines.
+"""Dataset-scale LST sweeps (algorithm §6): resumable, sharded across processes and machines.
 
 ``run_sweep(SweepConfig(...), out_dir)`` runs or resumes this process's share of a sweep;
 :mod:`lst_fast.sweep.tables` turns a sweep folder into the paper's Tables 1 and 2 and each sweep's cost. Modules:

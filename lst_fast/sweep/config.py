@@ -88,7 +88,7 @@ def option(default, help: str, check, *, group: str, required: bool = False, met
 
 @dataclass(frozen=True, init=False)
 class SweepConfig:
-    """Everything that decides a sweep's results (spec section 6; defaults are the paper's ImageNet settings).
+    """Everything that decides a sweep's results (algorithm §6; defaults are the paper's ImageNet settings).
 
     ``num_samples`` images the model classifies correctly with confidence > ``min_conf`` are chosen; data
     without labels (``embedded``, plain folders) take the model's prediction as the label. ``rounds``

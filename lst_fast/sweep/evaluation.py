@@ -1,4 +1,4 @@
-"""The only place where a sweep calls the evaluation of spec section 5: distances per pair
+"""The only place where a sweep calls the evaluation of algorithm §5: distances per pair
 (:func:`lst_fast.metrics.distances`), the target-class confidence of each LST output, and the triangle
 statistics (:mod:`lst_fast.geometry`). Results are keyed by the unit fields of :mod:`lst_fast.sweep.schema`."""
 
@@ -69,7 +69,7 @@ def triangle_unit_stats(
     model, normalizer, srcs: torch.Tensor, rounds: list[dict[str, torch.Tensor]], round_pairs, sources: torch.Tensor,
     labels: torch.Tensor, *, grid: int, batch_size: int,
 ) -> dict[str, torch.Tensor]:
-    """Triangle statistics of a batch of sources for every pair of rounds (spec section 5).
+    """Triangle statistics of a batch of sources for every pair of rounds (algorithm §5).
 
     ``rounds[r]`` is the traversal unit of round r for these sources (its ``outputs`` and ``valid``). A
     triangle is left out when either of its LST runs was invalid. All triangles go to the model together, so

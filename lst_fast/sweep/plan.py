@@ -43,7 +43,7 @@ def derangements(n: int, rounds: int, seed: int) -> np.ndarray:
 
     Each row is a uniformly drawn derangement (no image is its own target), redrawn until no source meets
     a target it already had in an earlier round, so that the outputs of one source in any two rounds head to
-    two different targets (the triangles of spec section 5). That needs ``rounds <= n - 1``; such rows always
+    two different targets (the triangles of algorithm §5). That needs ``rounds <= n - 1``; such rows always
     exist (a Latin rectangle can always be extended).
     """
     if n < 2:

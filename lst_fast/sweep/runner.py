@@ -1,4 +1,4 @@
-"""Running a sweep (spec section 6) into a folder, resumably and in shares across processes.
+"""Running a sweep (algorithm §6) into a folder, resumably and in shares across processes.
 
 Phase 1 (traverse): one unit per round x batch of sources: LST towards the round's targets, then the
 distances of every pair. Phase 2 (triangles): one unit per batch of sources, once every round of that batch is

@@ -150,7 +150,7 @@ TRAVERSE = UnitSchema("traverse", (
 
 # --- triangle units (units/triangles/bBBBBB.safetensors) ------------------------------------------------------
 
-# The statistics of one triangle (spec section 5); Table 2 averages the first seven per source and edge_min is
+# The statistics of one triangle (algorithm §5); Table 2 averages the first seven per source and edge_min is
 # the per-source minimum.
 TRIANGLE_STATS = (*TABLE2_COLUMNS, "edge_min")
 TRIANGLE_TITLES = {

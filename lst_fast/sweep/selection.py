@@ -1,5 +1,5 @@
 """Choosing the images of a sweep: the first ``num_samples`` images, in a seeded random order of the data set,
-that the model classifies correctly with confidence above ``min_conf`` (spec section 6). Files that cannot be
+that the model classifies correctly with confidence above ``min_conf`` (algorithm §6). Files that cannot be
 read are skipped, named and recorded (or, strictly, stop the sweep)."""
 
 from __future__ import annotations
