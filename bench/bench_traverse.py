@@ -14,7 +14,8 @@ the fast path's includes building its tuned model copy).
 
     python -m bench.bench_traverse                       # offline EfficientNet-Lite0, batch 8, CPU
     python -m bench.bench_traverse --models embedded resnet50 --batch-sizes 1 8 32
-    python -m bench.bench_traverse --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 --cuda-graphs
+    python -m bench.bench_traverse --device cuda --models resnet50 --batch-sizes 196 --precisions fp32 bf16 \
+        --cuda-graphs
 The reference loop always runs in fp32 without graphs: it is the original's cost.
 """
 
@@ -33,7 +34,6 @@ import lst_fast
 from bench import harness
 from lst_fast import data, model_runner, models, reference
 from lst_fast.classifier import input_grad_loss
-from lst_fast.schedules import schedule_named, schedule_names
 from lst_fast.model_runner import (
     autocast_context,
     default_rows_per_call,
@@ -42,6 +42,7 @@ from lst_fast.model_runner import (
     tuned_model,
     with_autocast,
 )
+from lst_fast.schedules import schedule_named, schedule_names
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEDULES = schedule_names()  # the fast path's schedules (per-iteration cost; adaptive rows stop earlier)

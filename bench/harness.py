@@ -83,7 +83,7 @@ class Rounds:
     def long_minus_short(self, name: str, long: int, short: int) -> None:
         """Replace ``name_long`` and ``name_short`` (runs of ``long`` and ``short`` iterations) by ``name``: the
         seconds per iteration in each round, set-up costs cancelled."""
-        for clock, per_name in self.samples.items():
+        for per_name in self.samples.values():
             pairs = zip(per_name.pop(f"{name}_long"), per_name.pop(f"{name}_short"))
             per_name[name] = [(a - b) / (long - short) for a, b in pairs]
 

@@ -391,7 +391,8 @@ def _cifar10(root: Path, image_size: int | None) -> Dataset:
     if root.name == CIFAR10.base_folder:
         root = root.parent
     try:
-        return CIFAR10(str(root), train=False, download=False, transform=_PhotoTransform(size, size))  # square images: resize only
+        # square images: resize only
+        return CIFAR10(str(root), train=False, download=False, transform=_PhotoTransform(size, size))
     except RuntimeError as err:
         raise FileNotFoundError(
             f"no CIFAR-10 under {str(root)!r}: expected the folder {CIFAR10.base_folder}/ of the python version "

@@ -351,7 +351,8 @@ def path_width(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> torch.Tensor:
-    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (algorithm §4): (B, R+1, 2).
+    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (algorithm §4):
+    (B, R+1, 2).
 
     For each sample, ``num_vecs`` random unit vectors u orthogonal to the direction (see
     :func:`random_orthogonal_units`); for each radius r in ``distances`` (L2, [0, 1] pixel units), the 5% and

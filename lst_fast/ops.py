@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from lst_fast.kernels import cpp_step, cuda_step, triton_interpreting
+
 # rows and row_dot stay importable from here (lst_fast.ops.rows, lst_fast.ops.row_dot).
 from lst_fast.rows import ROW_ORDERS, orthogonal_component_, row_dot, row_orders, rows  # noqa: F401
 from lst_fast.validation import check_number
@@ -350,19 +351,20 @@ def _check_tensors(x, grad, tgt, delta, out) -> None:
     """x, grad, tgt, delta (None: no correction) and out (None: allocated) as one batch of rows."""
     named = {"x": x, "grad": grad, "tgt": tgt} | ({} if delta is None else {"delta": delta})
     named |= {} if out is None else {"out": out}
+    # The messages' lambdas run at once, inside their iteration (torch._check calls them only on failure): B023.
     for name, t in named.items():
         torch._check_type(isinstance(t, torch.Tensor),
-                          lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")
+                          lambda: f"{name} must be a torch.Tensor, got {type(t).__name__}")  # noqa: B023
     torch._check_type(x.is_floating_point(), lambda: f"x must be a floating-point tensor, got {x.dtype}")
     torch._check_value(x.dim() >= 2, lambda: (
         f"x must have shape (B, ...) with at least one dimension per row, got {tuple(x.shape)}"))
     for name, t in named.items():
         torch._check_value(t.shape == x.shape, lambda: (
-            f"{name} has shape {tuple(t.shape)}, expected the shape of x {tuple(x.shape)}"))
+            f"{name} has shape {tuple(t.shape)}, expected the shape of x {tuple(x.shape)}"))  # noqa: B023
         torch._check_type(t.dtype == x.dtype, lambda: (
-            f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})"))
+            f"{name} has dtype {t.dtype}, expected the dtype of x ({x.dtype})"))  # noqa: B023
         torch._check_value(t.device == x.device, lambda: (
-            f"{name} is on {t.device}, expected the device of x ({x.device})"))
+            f"{name} is on {t.device}, expected the device of x ({x.device})"))  # noqa: B023
 
 
 def _check_row_sizes(name: str, sizes: torch.Tensor, x: torch.Tensor, *, alternative: str) -> torch.Tensor:

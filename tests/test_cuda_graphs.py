@@ -14,6 +14,7 @@ import lst_fast
 from lst_fast import fast, graphs, reference, traversal
 from lst_fast.classifier import model_guard
 from lst_fast.settings import check_settings
+
 from helpers import SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none found)")

@@ -13,13 +13,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from conftest import SWEEP_ARCH
 from PIL import Image
 from safetensors.torch import save_file
 
 import lst_fast
 from lst_fast import cli, data, examples, metrics, models
-
-from conftest import SWEEP_ARCH
 
 SIZE = 32  # image size of every run here
 SHARPNESS = 300  # the random head's logits times this: clear predictions (a random head is near-uniform)

@@ -7,6 +7,7 @@ from torch import nn
 import lst_fast
 from lst_fast import model_runner
 from lst_fast.fusion import fold_batchnorm
+
 from helpers import tiny_cnn
 
 
@@ -85,7 +86,9 @@ def test_tuned_copy_is_cached_until_the_weights_change():
         model[0].weight.add_(0.1)  # an in-place change of the caller's weights invalidates the copy
     assert model_runner._cache.get(model, key) is None
     result = lst_fast.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
-    expected = lst_fast.reference.traverse_batch(model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0))
+    expected = lst_fast.reference.traverse_batch(
+        model, srcs, srcs.flip(0), iters=2, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(result.images, expected.images, atol=1e-12, rtol=0)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lst_fast import model_runner
 from lst_fast.classifier import model_guard
 from lst_fast.model_runner import DEFAULT_BATCH_SIZE, ModelRunner, RunnerOptions, guarded_runner
+
 from helpers import colour_patches, tiny_cnn
 
 

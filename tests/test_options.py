@@ -7,6 +7,7 @@ import lst_fast
 from lst_fast import fast, model_runner, reference, traversal
 from lst_fast.classifier import input_grad_loss, model_guard
 from lst_fast.settings import check_settings
+
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 

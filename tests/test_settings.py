@@ -12,6 +12,7 @@ import lst_fast
 from lst_fast import cli, reference
 from lst_fast.settings import SWEEP_SETTINGS, Choice, TraversalSettings, check_settings
 from lst_fast.sweep.config import SweepConfig, differences
+
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, tiny_cnn
 
 

@@ -29,8 +29,18 @@ from lst_fast.sweep.plan import derangements, make_plan, unit_generator
 from lst_fast.sweep.store import SweepStore
 
 from helpers import (
-    BATCH, ITERS, N, ROUNDS, TRAVERSE_UNITS, TRIANGLE_UNITS, assert_same_sweep, cli_args, single_threaded_env,
-    sweep_config, table_numbers, unit_files,
+    BATCH,
+    ITERS,
+    ROUNDS,
+    TRAVERSE_UNITS,
+    TRIANGLE_UNITS,
+    N,
+    assert_same_sweep,
+    cli_args,
+    single_threaded_env,
+    sweep_config,
+    table_numbers,
+    unit_files,
 )
 
 # The per-pair diagnostics that units written before lst_fast recorded them lack.

@@ -5,7 +5,9 @@ import torch
 
 import lst_fast
 from lst_fast import reference
+
 from helpers import SHARP, SHARPNESS, assert_same_result, colour_patches, run_both, tiny_cnn
+
 
 @pytest.mark.parametrize("adv_step_size", [2e-3, None, 0.0])
 def test_fast_matches_reference_with_rejections_and_invalid_rows(adv_step_size):

@@ -332,8 +332,9 @@ def _json_for_script(content) -> str:
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
 h1{margin:0}header p{color:#555;margin:.2em 0 1em}
-table{border-collapse:collapse;margin:.3em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}figure.table td{white-space:nowrap}
-figure.table{margin:0 0 1em;overflow-x:auto}figure.table table{font-size:13px}figure.table figcaption{font-weight:bold}ul.notes{color:#555;font-size:12px;margin:.2em 0}
+table{border-collapse:collapse;margin:.3em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+figure.table td{white-space:nowrap}figure.table{margin:0 0 1em;overflow-x:auto}figure.table table{font-size:13px}
+figure.table figcaption{font-weight:bold}ul.notes{color:#555;font-size:12px;margin:.2em 0}
 table.kv th{background:#f4f4f4;font-weight:normal}section.sweep{border-top:2px solid #888;margin-top:1.5em}
 .note{color:#a50}.plots{display:flex;flex-wrap:wrap;gap:8px}figure.plot{margin:0}
 figure.plot img{width:270px;border:1px solid #ddd}figure.plot figcaption{font-size:12px;color:#555}

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lst_fast.classifier import checked_logits, make_forward, model_guard
 from lst_fast.data import UNLABELLED, UnreadableImage, readable_groups
 from lst_fast.sweep.plan import candidate_order
-from lst_fast.classifier import checked_logits, make_forward, model_guard
 
 
 @dataclass
