@@ -48,7 +48,10 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # Errors in what the user asked for (options, data, checkpoint, weights): printed as one line, exit status 2,
 # before any work starts (or, for an image that cannot be read, before anything of it is written).
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError)
-EXIT_FAILED = 1  # a data loading worker failed (data.LoaderError): one line; finished units are kept
+# A data loading worker failed (data.LoaderError), or a file of the sweep folder could not be written (a full
+# disk, a file size limit: lst_fast.sweep.store.StorageError): one line; finished units are kept, and running the
+# same command again (with the cause gone) resumes the sweep.
+EXIT_FAILED = 1
 EXIT_WAITING = 3
 
 
@@ -322,12 +325,13 @@ def _add_plot(commands) -> None:
         formatter_class=_DefaultsFormatter,
         description="Writes PNG figures for the first pairs and sources of a sweep (finished or not): the confidence "
         "along their paths, on the segments source -> LST output, and over the triangles of two rounds; with "
-        "--path-widths also the path width along the paths (the first LST unit is run again to record it). The "
-        "model and data are loaded again from the sweep's manifest.",
+        "--path-widths also the path width along the paths (the LST units of those pairs are run again to record "
+        "it). The model and data are loaded again from the sweep's manifest.",
     )
     plot.add_argument("dir", metavar="DIR", help="sweep folder written by 'lst-fast sweep'")
     plot.add_argument("--out", help="folder for the figures (default: DIR/figures)")
-    plot.add_argument("--pairs", type=_at_least_one, default=4, help="how many pairs and sources to plot")
+    plot.add_argument("--pairs", type=_at_least_one, default=4,
+                      help="how many pairs (from the finished LST units, in plan order) and sources to plot")
     plot.add_argument("--path-widths", action="store_true",
                       help="also plot path widths (costs one LST unit plus width-vecs x 4 model calls per point)")
     plot.add_argument("--width-vecs", type=_at_least_one, default=256,
@@ -454,10 +458,15 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"demo": _demo, "examples": _examples, "sweep": _sweep, "tables": _tables, "info": _info, "plot": _plot,
                 "report": _report}
+    from lst_fast.sweep.store import StorageError
+
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
         try:
             return handlers[args.command](args)
+        except StorageError as err:
+            print(f"lst-fast {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_FAILED
         except USER_ERRORS as err:
             print(f"lst-fast {args.command}: error: {err}", file=sys.stderr)
             return 2

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import lst_fast.sweep
-from lst_fast import cli
+from lst_fast import cli, data
 from lst_fast.settings import SWEEP_SETTINGS
 from lst_fast.sweep import SweepConfig
 from lst_fast.sweep.config import config_options
+from lst_fast.sweep.runner import image_stems
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -117,8 +119,12 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
     summary = capsys.readouterr().out
     assert "LST: 2 units (6 pairs" in summary and "traverse 2/2 units finished" in summary
     unit = load_file(str(out / "units" / "traverse" / "r001_b00000.safetensors"))
+    files = sorted(image_folder.iterdir())  # the folder's images in the data set's order (img_00.jpg, ...)
+    stem = [files[i].stem for i in json.loads((out / "selection.json").read_text())["indices"]]
+    written = sorted(p.name for p in (out / "images" / "r001").iterdir())
+    assert written == sorted(f"{stem[s]}_to_{stem[t]}.png" for s, t in zip(unit["source"], unit["target"]))
     for k, (s, t) in enumerate(zip(unit["source"].tolist(), unit["target"].tolist())):
-        png = np.asarray(Image.open(out / "images" / "r001" / f"{s:05d}_to_{t:05d}.png"))
+        png = np.asarray(Image.open(out / "images" / "r001" / f"{stem[s]}_to_{stem[t]}.png"))
         expected = unit["outputs"][k].permute(1, 2, 0).numpy() * 255
         assert np.abs(png.astype(float) - expected).max() <= 0.5 + 1e-3  # 8-bit rounding only
 
@@ -129,6 +135,15 @@ def test_sweep_saves_images_and_prints_tables(image_folder, tiny_checkpoint, tmp
     assert cli.main(["tables", str(out), "--format", "csv"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("sweep,model,data,schedule,pairs,pairs_total,l2_mean,l2_std")
+
+
+def test_saved_images_are_named_by_unique_file_stems():
+    files = [Path("cats/x.png"), Path("dogs/x.png"), Path("dogs/y.jpg"), Path("birds/x.jpeg")]
+    dataset = data.ImageFiles(files, [0] * len(files), transform=None)
+    assert image_stems(dataset, [2, 0, 1]) == ["y", "x_00001", "x_00002"]  # x twice: the sweep position added
+    assert image_stems(dataset, [3, 2]) == ["x", "y"]  # only names shared within the selection are changed
+    assert image_stems(data.EmbeddedPhotos(transform=None), [1, 0]) == [data.EMBEDDED_PHOTOS[1], data.EMBEDDED_PHOTOS[0]]
+    assert image_stems(torch.utils.data.TensorDataset(torch.zeros(5)), [4, 1]) == ["00000", "00001"]
 
 
 def test_offline_model_sweep_keeps_confident_photos(tmp_path, capsys, one_thread):
@@ -159,6 +174,29 @@ def test_plot_writes_the_figures_of_a_sweep(image_folder, tiny_checkpoint, tmp_p
     for path in written:
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 200
+
+
+def test_plot_takes_pairs_across_units(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):
+    out = tmp_path / "sweep"  # 3 images, batches of 2: units of 2 and 1 pairs per round, 6 pairs in all
+    assert cli.main(_tiny_sweep_args(image_folder, tiny_checkpoint, out, "--batch-size", "2", "--no-triangles")) == 0
+    pairs = []
+    for name in ("r000_b00000", "r000_b00001", "r001_b00000", "r001_b00001"):  # plan order
+        unit = load_file(str(out / "units" / "traverse" / f"{name}.safetensors"))
+        pairs += zip(unit["source"].tolist(), unit["target"].tolist())
+    capsys.readouterr()
+    for asked, shown in ((5, 5), (8, 6)):
+        figures = tmp_path / f"figures_{asked}"
+        assert cli.main(["plot", str(out), "--out", str(figures), "--pairs", str(asked), "--path-widths",
+                         "--width-vecs", "2"]) == 0
+        written = capsys.readouterr()
+        widths = sorted(p.name for p in figures.glob("path_width_*.png"))
+        assert widths == sorted(f"path_width_{s:05d}_to_{t:05d}.png" for s, t in pairs[:shown])
+        notes = written.err.splitlines()
+        if asked > shown:
+            assert notes == [("lst-fast plot: note: the sweep has 6 finished pairs, fewer than the 8 asked for; "
+                              "plotting 6")]
+        else:
+            assert notes == []
 
 
 def test_plot_and_info_of_an_empty_sweep(image_folder, tiny_checkpoint, tmp_path, capsys, one_thread):

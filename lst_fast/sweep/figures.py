@@ -1,14 +1,14 @@
 """Figures of a sweep folder (``lst-fast plot``): the plots of :mod:`lst_fast.plots` from what a sweep saved.
 
 - ``confidence_paths.png``: source- and target-class confidence along the first pairs' paths (recorded by the
-  sweep);
+  sweep); the first pairs are taken from the finished LST units in plan order, as many as asked for;
 - ``interpolation.png``: confidence on the segments source -> LST output of those pairs (star-like structure);
 - ``triangle_SSSSS.png``: confidence over the triangle (source, output of round 0, output of round 1) of the
   first sources;
 - ``path_width_SSSSS_to_TTTTT.png`` (only with ``path_widths``, paper schedule): the path width along the first
   pairs' paths.
   Widths are not stored by a sweep (each recorded point costs ``width_vecs`` x 4 model evaluations), so the
-  first LST unit is run again with the same settings and seed, recording them.
+  LST units of those pairs are run again with the same settings and seed, recording them.
 
 The model and data are loaded again from the manifest's configuration. Images are named by their file (or
 bundled photo) name and classes by their ImageNet-1k or CIFAR-10 name where known.
@@ -16,10 +16,12 @@ bundled photo) name and classes by their ImageNet-1k or CIFAR-10 name where know
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from lst_fast import data, geometry, models, plots
 from lst_fast.fast import traverse_batch
@@ -55,9 +57,13 @@ def plot_sweep(
         verdict = folder.verdict("traverse", unit.name)
         return verdict.tensors if verdict.verdict == FINISHED else None
 
-    first, saved = next(((u, t) for u in plan.traverse for t in [unit_tensors(u)] if t is not None), (None, None))
-    if first is None:
+    shown = _first_pairs(plan.traverse, unit_tensors, pairs)
+    if not shown:
         raise ValueError(f"{out_dir} has no finished LST unit yet; nothing to plot")
+    k = sum(len(chosen) for _, _, chosen in shown)
+    if k < pairs:
+        tqdm.write(f"lst-fast plot: note: the sweep has {k} finished pairs, fewer than the {pairs} asked for; "
+                   f"plotting {k}", file=sys.stderr)
     device = resolve_device(device, resolve_placement())
     model, normalizer = load_sweep_model(config)
     model, normalizer = model.to(device), normalizer.to(device)
@@ -69,28 +75,31 @@ def plot_sweep(
     def name(position: int) -> str:
         return image_name(dataset, selection.indices[position], position)
 
-    k = min(pairs, len(first.sources))
-    names = [f"{name(s)} -> {name(t)}" for s, t in zip(first.sources[:k], first.targets[:k])]
-    labels = schema.LABELS.of(saved)[:k].to(device)
+    def taken(field) -> torch.Tensor:  # the field of the shown pairs, unit after unit
+        return torch.cat([field.of(saved)[chosen] for _, saved, chosen in shown])
+
+    sources = [u.sources[i] for u, _, chosen in shown for i in chosen]
+    targets = [u.targets[i] for u, _, chosen in shown for i in chosen]
+    names = [f"{name(s)} -> {name(t)}" for s, t in zip(sources, targets)]
+    labels = taken(schema.LABELS).to(device)
     written = []
-    path_conf = schema.PATH_CONF.of(saved)
-    if path_conf is not None:
+    if schema.PATH_CONF.of(shown[0][1]) is not None:
         written.append(plots.confidence_path_plot(
-            schema.PATH_ITERS.of(saved), path_conf[:k], schema.PATH_TARGET_CONF.of(saved)[:k],
+            schema.PATH_ITERS.of(shown[0][1]), taken(schema.PATH_CONF), taken(schema.PATH_TARGET_CONF),
             figures / "confidence_paths.png", labels=names,
         ))
     conf = geometry.interpolation_conf(
-        model, images(first.sources[:k]), schema.OUTPUTS.of(saved)[:k].to(device), labels, normalizer=normalizer,
+        model, images(sources), taken(schema.OUTPUTS).to(device), labels, normalizer=normalizer,
         batch_size=config.eval_batch_size,
     )
     written.append(plots.interpolation_plot(conf, figures / "interpolation.png", labels=names))
     with torch.no_grad():
-        classes = class_namer(dataset, model(normalizer(images(first.sources[:1]))).shape[1])
+        classes = class_namer(dataset, model(normalizer(images(sources[:1]))).shape[1])
     written += _triangles(config, plan, unit_tensors, images, model, normalizer, pairs, figures, device, name, classes)
     if path_widths and schedule_named(config.schedule).records:  # e.g. the adaptive schedule records no path
-        written += _path_widths(
-            config, first, saved, images, model, normalizer, k, width_vecs, figures, device, names,
-        )
+        for unit, saved, chosen in shown:
+            written += _path_widths(config, unit, saved, chosen, images, model, normalizer, width_vecs, figures,
+                                    device, name)
     return written
 
 
@@ -148,8 +157,25 @@ def _triangles(
     return written
 
 
-def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, figures, device, names) -> list[Path]:
-    """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths."""
+def _first_pairs(units, unit_tensors, count: int) -> list[tuple[object, dict, list[int]]]:
+    """The first ``count`` pairs of the finished LST units, in plan order: (unit, its tensors, the positions of
+    its pairs taken) for each unit that gives some."""
+    shown = []
+    for unit in units:
+        if count <= 0:
+            break
+        saved = unit_tensors(unit)
+        if saved is None:
+            continue
+        chosen = list(range(min(count, len(unit.sources))))
+        shown.append((unit, saved, chosen))
+        count -= len(chosen)
+    return shown
+
+
+def _path_widths(config, unit, saved, chosen, images, model, normalizer, width_vecs, figures, device, name) -> list:
+    """Runs LST unit ``unit`` again (same settings and seed, so the same path) recording path widths; plots those
+    of its pairs ``chosen``."""
     result = traverse_batch(
         model, images(unit.sources), images(unit.targets), schema.LABELS.of(saved).to(device), normalizer=normalizer,
         settings=config.lst_settings(record=("widths",), width_num_vecs=width_vecs), precision=config.precision,
@@ -157,8 +183,9 @@ def _path_widths(config, unit, saved, images, model, normalizer, k, width_vecs, 
     )
     return [
         plots.path_width_plot(
-            result.path_widths[i], figures / f"path_width_{s:05d}_to_{t:05d}.png", iters=result.path_iters,
-            title=f"Path width, {names[i]} (round {unit.round})",
+            result.path_widths[i], figures / f"path_width_{unit.sources[i]:05d}_to_{unit.targets[i]:05d}.png",
+            iters=result.path_iters,
+            title=f"Path width, {name(unit.sources[i])} -> {name(unit.targets[i])} (round {unit.round})",
         )
-        for i, (s, t) in enumerate(zip(unit.sources[:k], unit.targets[:k]))
+        for i in chosen
     ]

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -117,6 +118,33 @@ class _Sweep:
 
     def dataset_indices(self, positions) -> list[int]:
         return [self.selection.indices[p] for p in positions]
+
+    @cached_property
+    def image_stems(self) -> list[str]:
+        """The names of the selected images in file names (``save_images``), by selection position."""
+        return image_stems(self.inputs.dataset, self.selection.indices)
+
+
+def image_stems(dataset, indices: list[int]) -> list[str]:
+    """Names for the files of data set images ``indices`` (a sweep's selection, by position): the file stem or
+    bundled photo name where the data set has one, else the position as ``PPPPP``; a name that several of the
+    images share gets their position appended (``img_00003``), so the names are unique.
+
+    Args:
+        dataset: the sweep's data set.
+        indices: data set indices of the images, in selection order.
+
+    Returns:
+        One name per image, in the order of ``indices``.
+    """
+    if isinstance(dataset, data.ImageFiles):
+        names = [Path(dataset.files[i]).stem for i in indices]
+    elif isinstance(dataset, data.EmbeddedPhotos):
+        names = [dataset.names[i] for i in indices]
+    else:
+        return [f"{p:05d}" for p in range(len(indices))]
+    counts = Counter(names)
+    return [f"{n}_{p:05d}" if counts[n] > 1 else n for p, n in enumerate(names)]
 
 
 def run_sweep(
@@ -401,10 +429,10 @@ def _traverse_unit(sweep: _Sweep, unit: TraverseUnit, images: torch.Tensor) -> d
         inputs.model, inputs.normalizer, result.images, target_labels, batch_size=config.eval_batch_size
     )
     if config.save_images:
-        for k, (s, t) in enumerate(zip(unit.sources, unit.targets)):
-            path = sweep.folder.store.image_path(unit.round, s, t)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(result.images[k], path)
+        stems = sweep.image_stems
+        for image, s, t in zip(result.images, unit.sources, unit.targets):
+            path = sweep.folder.store.image_path(unit.round, stems[s], stems[t])
+            sweep.folder.store.write_file(path, lambda tmp, image=image: save_image(image, tmp, format="PNG"))
     tensors = {
         schema.SOURCE.name: torch.tensor(unit.sources), schema.TARGET.name: torch.tensor(unit.targets),
         schema.LABELS.name: result.labels, schema.TARGET_LABELS.name: result.target_labels,

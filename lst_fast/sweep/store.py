@@ -6,7 +6,8 @@ Layout of DIR::
     selection.json             the data set images of the sweep with their labels
     units/traverse/rRRR_bBBBBB.safetensors   LST outputs, confidences, costs, distances of one round x batch
     units/triangles/bBBBBB.safetensors       triangle statistics of one batch of sources
-    images/rRRR/SSSSS_to_TTTTT.png            LST outputs as PNG (only with save_images)
+    images/rRRR/SOURCE_to_TARGET.png          LST outputs as PNG (only with save_images), named by the images'
+                                              own names (see :func:`lst_fast.sweep.runner.image_stems`)
 
 The tensors of each kind of unit file are listed in :mod:`lst_fast.sweep.schema`; :mod:`lst_fast.sweep.folder`
 reads a sweep folder and judges its unit files. Every file is written to a temporary name in the same folder and
@@ -14,14 +15,19 @@ renamed into place, so a file under its final name is always complete; files are
 umask leaves (0o644 under the usual 0o022). Unit files also carry their config id and a SHA-256 of their tensors,
 so a truncated, damaged or foreign unit file is detected and redone, and their provenance (what computed them,
 see :mod:`lst_fast.sweep.provenance`), which is not checked: units without it (older sweeps) are as good.
+
+A write that fails (a full disk, a file size limit, a read-only folder) raises :class:`StorageError`, naming the
+file and the cause, and leaves no temporary file behind; the files already finished stay as they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,32 @@ KINDS = ("traverse", "triangles")
 
 class CorruptUnit(ValueError):
     """A unit file exists but cannot be trusted (truncated, damaged, or from another configuration)."""
+
+
+class StorageError(OSError):
+    """A file of the sweep folder could not be written (e.g. no space left on the device, file too large)."""
+
+    def __str__(self) -> str:
+        return self.strerror  # "cannot write PATH: CAUSE", without OSError's "[Errno N]" prefix
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turns an OSError raised while writing ``path`` into a :class:`StorageError` that names it and the cause.
+
+    Args:
+        path: the file being written (its final name, the one the user knows).
+
+    Raises:
+        StorageError: the write failed; its message is one line, ``cannot write PATH: CAUSE``.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as err:
+        cause = os.strerror(err.errno) if err.errno else str(err)
+        raise StorageError(err.errno, f"cannot write {path}: {cause}") from err
 
 
 @dataclass(frozen=True)
@@ -84,8 +116,10 @@ class SweepStore:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         return self.root / "units" / kind / f"{name}.safetensors"
 
-    def image_path(self, round_index: int, source: int, target: int) -> Path:
-        return self.root / "images" / f"r{round_index:03d}" / f"{source:05d}_to_{target:05d}.png"
+    def image_path(self, round_index: int, source: str, target: str) -> Path:
+        """Where the PNG of the LST output of round ``round_index`` from image ``source`` to ``target`` (their
+        names) goes."""
+        return self.root / "images" / f"r{round_index:03d}" / f"{source}_to_{target}.png"
 
     # JSON files written once: the first writer wins, everybody then reads the same file -------------------
 
@@ -102,16 +136,20 @@ class SweepStore:
 
         The file is written under a temporary name and hard-linked into place, which fails if another
         process got there first (an atomic create-if-absent, also on shared file systems).
+
+        Raises:
+            StorageError: the file could not be written (nothing is left under a temporary name).
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._temporary(path)
-        _write_new(tmp, (json.dumps(content, indent=2) + "\n").encode())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _write_new(tmp, (json.dumps(content, indent=2) + "\n").encode())
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
         return self.read_json(path)
 
     # Unit files ----------------------------------------------------------------------------------------
@@ -119,20 +157,34 @@ class SweepStore:
     def write_unit(
         self, kind: str, name: str, tensors: dict[str, torch.Tensor], config: str, provenance: dict | None = None
     ) -> Path:
-        """Atomically write one finished unit (with ``provenance``: what computed it)."""
+        """Atomically write one finished unit (with ``provenance``: what computed it).
+
+        Raises:
+            StorageError: the file could not be written (nothing is left under a temporary name).
+        """
         path = self.unit_path(kind, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         metadata = {"format": FORMAT, "kind": kind, "unit": name, "config": config, "digest": tensor_digest(tensors)}
         if provenance is not None:
             metadata["provenance"] = encode_provenance(provenance)
-        tmp = self._temporary(path)
-        try:
-            _write_new(tmp, save_safetensors(tensors, metadata=metadata), sync=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        content = save_safetensors(tensors, metadata=metadata)
+        self.write_file(path, lambda tmp: _write_new(tmp, content, sync=True))
         return path
+
+    def write_file(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Write ``path`` through ``write`` (which gets a temporary name in the same folder), then rename it.
+
+        Raises:
+            StorageError: the file could not be written (nothing is left under a temporary name).
+        """
+        tmp = self._temporary(path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def read_unit(self, kind: str, name: str, config: str) -> dict[str, torch.Tensor] | None:
         """The unit's tensors; None if it was never written; :class:`CorruptUnit` if it cannot be trusted."""
