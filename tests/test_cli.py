@@ -142,7 +142,8 @@ def test_saved_images_are_named_by_unique_file_stems():
     dataset = data.ImageFiles(files, [0] * len(files), transform=None)
     assert image_stems(dataset, [2, 0, 1]) == ["y", "x_00001", "x_00002"]  # x twice: the sweep position added
     assert image_stems(dataset, [3, 2]) == ["x", "y"]  # only names shared within the selection are changed
-    assert image_stems(data.EmbeddedPhotos(transform=None), [1, 0]) == [data.EMBEDDED_PHOTOS[1], data.EMBEDDED_PHOTOS[0]]
+    photos = data.EMBEDDED_PHOTOS
+    assert image_stems(data.EmbeddedPhotos(transform=None), [1, 0]) == [photos[1], photos[0]]
     assert image_stems(torch.utils.data.TensorDataset(torch.zeros(5)), [4, 1]) == ["00000", "00001"]
 
 
