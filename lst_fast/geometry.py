@@ -62,16 +62,31 @@ def _runner_options(normalizer, batch_size, memory_format: str, fold_batchnorm: 
 
 
 def segment_grid(n: int = 10) -> torch.Tensor:
-    """Weights (n+1, 2) of the points ``(1-t) src + t out`` for t = 0, 1/n, ..., 1 (float64)."""
+    """Weights of the points ``(1-t) src + t out`` for t = 0, 1/n, ..., 1.
+
+    Returns:
+        A (n+1, 2) float64 tensor: row k is ``((n-k)/n, k/n)``, the weights of src and out at t = k/n.
+
+    Raises:
+        TypeError: ``n`` is not an int.
+        ValueError: ``n`` < 1.
+    """
     k = torch.arange(_check_n(n) + 1, dtype=torch.float64)
     return torch.stack([n - k, k], dim=1) / n
 
 
 def triangle_grid(n: int = 10) -> torch.Tensor:
-    """Weights (G, 3) of the points ``(1-t1-t2) s + t1 a + t2 b``, t1 = i/n, t2 = j/n, i + j <= n (float64).
+    """Weights of the points ``(1-t1-t2) s + t1 a + t2 b``, t1 = i/n, t2 = j/n, i + j <= n.
 
     G = (n+1)(n+2)/2 (66 for n = 10), ordered i = 0..n, then j = 0..n-i: point 0 is the source s. The source's
     weight is computed as (n - i - j) / n, so it is exactly 0 on the edge a-b.
+
+    Returns:
+        A (G, 3) float64 tensor: row g holds the weights ``((n-i-j)/n, i/n, j/n)`` of s, a and b.
+
+    Raises:
+        TypeError: ``n`` is not an int.
+        ValueError: ``n`` < 1.
     """
     n = _check_n(n)
     ij = torch.tensor([(n - i - j, i, j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=torch.float64)
@@ -147,12 +162,23 @@ def interpolation_conf(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> torch.Tensor:
-    """Source-class confidence ``p((1-t) src + t out)[y]`` at t = 0, 1/n, ..., 1 for each pair: (P, n+1).
+    """Source-class confidence ``p((1-t) src + t out)[y]`` at t = 0, 1/n, ..., 1 for each pair.
 
     ``srcs``, ``outs``: (P, C, H, W) images in [0, 1]; ``labels``: (P,) source classes y.
     ``batch_size`` bounds the points per model call (default :func:`default_batch_size`); ``memory_format``
     and ``fold_batchnorm`` choose the model copy as in :func:`lst_fast.traverse_batch` (results change only by
     float rounding).
+
+    Returns:
+        A (P, n+1) tensor in the images' dtype, on their device: column k is the confidence at t = k/n (the
+        :func:`segment_grid` points), so column 0 is at the source and column n at the output.
+
+    Raises:
+        TypeError: an image batch is not a floating-point tensor, ``labels`` are missing or not integers,
+            ``n`` or ``batch_size`` is not an int, or ``model`` is not a torch.nn.Module.
+        ValueError: an image batch is not (P, C, H, W) with finite values in [0, 1], the other images are not
+            like ``srcs`` (shape, dtype, device), ``labels`` are not (P,) or not classes of the model, ``n`` or
+            ``batch_size`` is < 1, or ``memory_format`` is unknown.
     """
     weights = segment_grid(n)
     srcs, (outs,), labels = _check_pair_inputs(srcs, {"outs": outs}, labels)
@@ -174,10 +200,27 @@ def triangle_confidences(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> torch.Tensor:
-    """Source-class confidence at the :func:`triangle_grid` points of each triangle (src, out_a, out_b): (T, G).
+    """Source-class confidence at the :func:`triangle_grid` points of each triangle (src, out_a, out_b).
 
     All grid points of all triangles are evaluated in model batches of ``batch_size`` points;
     points shared by several triangles are evaluated once.
+
+    Args:
+        model: the classifier (images -> logits).
+        srcs, outs_a, outs_b: (T, C, H, W) images in [0, 1]: the corners of triangle t are row t of each.
+        labels: (T,) source classes.
+        normalizer, n, batch_size, memory_format, fold_batchnorm: as in :func:`interpolation_conf`.
+
+    Returns:
+        A (T, G) tensor in the images' dtype, on their device, G = (n+1)(n+2)/2: column g is the confidence at
+        :func:`triangle_grid` point g (column 0 at the source).
+
+    Raises:
+        TypeError: an image batch is not a floating-point tensor, ``labels`` are missing or not integers,
+            ``n`` or ``batch_size`` is not an int, or ``model`` is not a torch.nn.Module.
+        ValueError: an image batch is not (T, C, H, W) with finite values in [0, 1], the other images are not
+            like ``srcs`` (shape, dtype, device), ``labels`` are not (T,) or not classes of the model, ``n`` or
+            ``batch_size`` is < 1, or ``memory_format`` is unknown.
     """
     weights = triangle_grid(n)
     srcs, (outs_a, outs_b), labels = _check_pair_inputs(srcs, {"outs_a": outs_a, "outs_b": outs_b}, labels)
@@ -202,9 +245,16 @@ def triangle_stats_from_confidences(
 ) -> dict[str, torch.Tensor]:
     """Algorithm §5's per-triangle statistics from the confidences (T, G) at the :func:`triangle_grid` points.
 
-    Keys (each (T,)): ``p_src`` (at the source), ``mean`` (over all G points), ``frac_<d>`` = fraction of the
-    points with ``p > p_src - d`` for each d in ``deltas``, ``edge_mean`` (over the 2(n+1) points of the edges
-    s->a and s->b together, s counted twice) and ``edge_min`` (min over both edges of ``p - p_src``).
+    Returns:
+        A dict of (T,) tensors in ``conf``'s dtype, in this key order: ``p_src`` (at the source), ``mean`` (over
+        all G points), ``frac_<d>`` = fraction of the points with ``p > p_src - d`` for each d in ``deltas``
+        (named with d as a float, e.g. ``frac_0.0``), ``edge_mean`` (over the 2(n+1) points of the edges s->a
+        and s->b together, s counted twice) and ``edge_min`` (min over both edges of ``p - p_src``).
+
+    Raises:
+        TypeError: ``deltas`` is not a sequence of numbers, or ``n`` is not an int.
+        ValueError: ``deltas`` is empty or has a value outside [0, 1], ``n`` < 1, or ``conf`` is not a (T, G)
+            tensor for G = (n+1)(n+2)/2.
     """
     deltas = _check_deltas(deltas)
     weights = triangle_grid(n)
@@ -251,8 +301,21 @@ def triangle_stats(
 
 def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str, torch.Tensor]:
     """Per source (algorithm §5): the mean of every statistic over the source's triangles, except ``edge_min``,
-    which takes the minimum. ``source_ids``: (T,) integers naming each triangle's source. Each result is (S,),
-    one entry per distinct source id in increasing order."""
+    which takes the minimum.
+
+    Args:
+        stats: the dict of (T,) tensors that :func:`triangle_stats` returns.
+        source_ids: (T,) integers (tensor or sequence) naming each triangle's source.
+
+    Returns:
+        A dict with the keys of ``stats``, each an (S,) tensor in that statistic's dtype and device, one entry
+        per distinct source id in increasing order.
+
+    Raises:
+        TypeError: ``stats`` is not a dict with ``edge_min``, or ``source_ids`` are not integers.
+        ValueError: a statistic is not a (T,) tensor like ``stats['edge_min']``, or ``source_ids`` does not
+            have T entries.
+    """
     if not isinstance(stats, dict) or "edge_min" not in stats:
         raise TypeError("stats must be the dict that triangle_stats returns")
     count = len(stats["edge_min"])
@@ -277,7 +340,17 @@ def aggregate_triangles(stats: dict[str, torch.Tensor], source_ids) -> dict[str,
 
 def orthogonal_direction(x: torch.Tensor, grad: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """The LST direction ``v_perp = v - grad <grad, v> / <grad, grad>``, ``v = tgt - x`` (``v`` where grad = 0),
-    computed as the fast step's PyTorch twin does (:func:`lst_fast.rows.orthogonal_component_`)."""
+    computed as the fast step's PyTorch twin does (:func:`lst_fast.rows.orthogonal_component_`).
+
+    Args:
+        x: (B, ...) iterates.
+        grad: (B, ...) gradients at ``x``, like ``x``.
+        tgt: (B, ...) targets, like ``x``.
+
+    Returns:
+        A new (B, ...) tensor ``v_perp``, one row per sample (the projection is per row); the inputs are not
+        modified.
+    """
     return orthogonal_component_(tgt - x, grad)
 
 
@@ -286,6 +359,10 @@ def random_orthogonal_units(direction: torch.Tensor, num_vecs: int, generator=No
 
     Exactly one ``torch.randn((num_vecs, *direction.shape))`` draw from ``generator``; the component along
     ``direction / |direction|`` is removed (nothing is removed for a zero direction) and each row normalised.
+
+    Returns:
+        A (num_vecs, *direction.shape) tensor in ``direction``'s dtype, on its device: each row (flattened) has
+        L2 norm 1 and is orthogonal to ``direction``.
     """
     noise = torch.randn(
         (num_vecs, *direction.shape), generator=generator, dtype=direction.dtype, device=direction.device
@@ -351,8 +428,7 @@ def path_width(
     memory_format: str = "auto",
     fold_batchnorm: bool = True,
 ) -> torch.Tensor:
-    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (algorithm §4):
-    (B, R+1, 2).
+    """The extent of the level set around each point ``x[i]``, orthogonal to ``directions[i]`` (algorithm §4).
 
     For each sample, ``num_vecs`` random unit vectors u orthogonal to the direction (see
     :func:`random_orthogonal_units`); for each radius r in ``distances`` (L2, [0, 1] pixel units), the 5% and
@@ -365,6 +441,21 @@ def path_width(
     So a batch gives the same numbers as its rows one at a time with the same generator.
     All points of all samples and radii run in model batches of ``batch_size`` points (default
     :func:`default_batch_size`).
+
+    Returns:
+        A (B, R+1, 2) tensor in ``x``'s dtype, on its device, R = len(distances): ``[i, 0]`` holds ``p(x[i])[y]``
+        twice, ``[i, 1 + k]`` the (5%, 95%) quantiles at radius ``distances[k]``; all zeros for the samples
+        below ``pthresh`` or with a zero direction.
+
+    Raises:
+        TypeError: ``x`` or ``directions`` is not a (floating-point) tensor, ``labels`` are missing or not
+            integers, ``distances`` is not a sequence of numbers, ``num_vecs`` or ``batch_size`` is not an int,
+            ``pthresh`` is not a number, ``generator`` is not a torch.Generator, or ``model`` is not a
+            torch.nn.Module.
+        ValueError: ``x`` is not (B, C, H, W) with finite values in [0, 1], ``directions`` does not match ``x``
+            (shape, dtype, device) or is not finite, ``labels`` are not (B,) or not classes of the model, a
+            radius is <= 0 or ``distances`` is empty, ``num_vecs`` < 2, ``pthresh`` < 0, ``batch_size`` < 1,
+            ``generator`` is on another device type than ``x``, or ``memory_format`` is unknown.
     """
     x = check_images("x", x)
     directions = _check_directions(directions, x)
@@ -384,6 +475,18 @@ def widths_along_path(forward, x: torch.Tensor, grad: torch.Tensor, problem, set
     Direction: that iteration's v_perp (from the gradient ``grad`` at ``x``); threshold: the traversal's
     ``pthresh``; random vectors: drawn from the traversal's generator (after its start-point noise), at each
     recorded iteration in turn, sample by sample in row order, so both loops draw the same vectors.
+
+    Args:
+        forward: the loop's model call (images -> logits).
+        x: (B, C, H, W) iterates.
+        grad: (B, C, H, W) gradients at ``x``.
+        problem: the traversal's :class:`lst_fast.traversal.Problem` (its ``tgt``, ``labels``, ``generator``
+            and ``convolutional``).
+        settings: the traversal's settings (``width_distances``, ``width_num_vecs``, ``pthresh``).
+
+    Returns:
+        A (B, R+1, 2) tensor in ``x``'s dtype, R = len(settings.width_distances), laid out as
+        :func:`path_width` describes.
     """
     direction = orthogonal_direction(x, grad, problem.tgt)
     confidences = Confidences(forward, default_batch_size(x, problem.convolutional), memory_format_of(x))

@@ -22,18 +22,39 @@ LPIPS_BATCH = 32  # image pairs per AlexNet call
 
 
 def l2(outs: torch.Tensor, tgts: torch.Tensor) -> torch.Tensor:
-    """Per-pair L2 distance divided by sqrt(D), D = C*H*W (pixels in [0, 1])."""
+    """Per-pair L2 distance divided by sqrt(D), D = C*H*W (pixels in [0, 1]).
+
+    Args:
+        outs, tgts: (P, ...) outputs and their targets, the same shape.
+
+    Returns:
+        A (P,) tensor in ``outs``' dtype (computed in float64).
+    """
     diff = (outs - tgts).flatten(1).double()
     return (diff.norm(dim=1) / diff.shape[1] ** 0.5).to(outs.dtype)
 
 
 def linf(outs: torch.Tensor, tgts: torch.Tensor) -> torch.Tensor:
-    """Per-pair L-infinity distance."""
+    """Per-pair L-infinity distance.
+
+    Args:
+        outs, tgts: (P, ...) outputs and their targets, the same shape.
+
+    Returns:
+        A (P,) tensor in the dtype of ``outs - tgts``: the largest absolute pixel difference of each pair.
+    """
     return (outs - tgts).flatten(1).abs().amax(dim=1)
 
 
 def ssim(outs: torch.Tensor, tgts: torch.Tensor) -> torch.Tensor:
-    """Per-pair SSIM with data range 1.0 (torchmetrics' definition: 11x11 Gaussian window, sigma 1.5)."""
+    """Per-pair SSIM with data range 1.0 (torchmetrics' definition: 11x11 Gaussian window, sigma 1.5).
+
+    Args:
+        outs, tgts: (P, C, H, W) outputs and their targets in [0, 1], the same shape.
+
+    Returns:
+        A (P,) tensor, one SSIM per pair (1 for identical images), as torchmetrics computes it.
+    """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     return structural_similarity_index_measure(outs, tgts, data_range=1.0, reduction="none")
@@ -45,7 +66,15 @@ class LPIPSWeightsMissing(FileNotFoundError):
 
 def alexnet_weights_path(weights: str | Path | None = None) -> Path:
     """The local AlexNet weights for LPIPS: ``weights`` if given, else ``<torch hub dir>/checkpoints/`` +
-    :data:`ALEXNET_FILE` (where torchvision keeps its download). Raises :class:`LPIPSWeightsMissing`."""
+    :data:`ALEXNET_FILE` (where torchvision keeps its download).
+
+    Returns:
+        The path of the weights file, which exists.
+
+    Raises:
+        TypeError: ``weights`` is neither None, a str nor a Path.
+        LPIPSWeightsMissing: the file (``weights``, or the one in the torch hub cache) does not exist.
+    """
     if weights is not None:
         if not isinstance(weights, (str, Path)):
             raise TypeError(f"the LPIPS weights must be a path to AlexNet weights, got {type(weights).__name__}")
@@ -64,7 +93,14 @@ def alexnet_weights_path(weights: str | Path | None = None) -> Path:
 
 
 def lpips_available(weights: str | Path | None = None) -> bool:
-    """Whether LPIPS can run here (its AlexNet weights are at ``weights`` or in the torch hub cache)."""
+    """Whether LPIPS can run here (its AlexNet weights are at ``weights`` or in the torch hub cache).
+
+    Returns:
+        True if :func:`alexnet_weights_path` finds the weights file, False if it is missing.
+
+    Raises:
+        TypeError: ``weights`` is neither None, a str nor a Path.
+    """
     try:
         alexnet_weights_path(weights)
     except LPIPSWeightsMissing:
@@ -78,6 +114,15 @@ def lpips_model(weights: str | Path | None = None, *, pnet_rand: bool = False) -
     ``pnet_rand=True`` keeps a randomly initialised backbone (meaningless distances; only for exercising the
     code). The backbone is never fetched by lpips/torchvision: the model is built with a random backbone and
     the weights are loaded from :func:`alexnet_weights_path`. Models are cached per weights file.
+
+    Returns:
+        The LPIPS module, on the CPU, in eval mode with ``requires_grad`` off; the cached instance is shared
+        between calls with the same weights file (``weights`` is not looked at when ``pnet_rand``).
+
+    Raises:
+        TypeError: ``pnet_rand`` is not a bool, or ``weights`` is neither None, a str nor a Path.
+        LPIPSWeightsMissing: the weights file does not exist.
+        ValueError: the file does not hold a state dict of torchvision AlexNet weights.
     """
     if not isinstance(pnet_rand, bool):
         raise TypeError(f"pnet_rand must be a bool, got {pnet_rand!r}")
@@ -115,6 +160,19 @@ def lpips(
     """Per-pair LPIPS (AlexNet backbone) between images in [0, 1], rescaled to [-1, 1] as LPIPS expects.
 
     ``weights``: local AlexNet weights (default: the torch hub cache); see :func:`lpips_model`.
+
+    Args:
+        outs, tgts: (P, C, H, W) outputs and their targets in [0, 1], the same shape, dtype and device.
+
+    Returns:
+        A (P,) tensor in ``outs``' dtype, on its device (AlexNet runs in float32 on ``outs``' device, in calls of
+        :data:`LPIPS_BATCH` pairs).
+
+    Raises:
+        TypeError: ``outs`` or ``tgts`` is not a floating-point tensor, or as :func:`lpips_model`.
+        ValueError: ``outs`` is not (P, C, H, W) with finite values in [0, 1], ``tgts`` is not like ``outs``, or
+            as :func:`lpips_model`.
+        LPIPSWeightsMissing: as :func:`lpips_model`.
     """
     outs = check_images("outs", outs)
     tgts = check_images("tgts", tgts, like=outs)
@@ -139,7 +197,14 @@ LEARNED_DISTANCES = ("lpips",)  # need a network's weights (see alexnet_weights_
 
 
 def available_distances(lpips_weights: str | Path | None = None) -> tuple[str, ...]:
-    """The distances that can run here: all of :data:`DISTANCES`, without ``"lpips"`` if its weights are missing."""
+    """The distances that can run here: all of :data:`DISTANCES`, without ``"lpips"`` if its weights are missing.
+
+    Returns:
+        A tuple of distance names, in the order of :data:`DISTANCES`.
+
+    Raises:
+        TypeError: ``lpips_weights`` is neither None, a str nor a Path.
+    """
     return tuple(name for name in DISTANCES if name != "lpips" or lpips_available(lpips_weights))
 
 
@@ -150,11 +215,26 @@ def distances(
     *,
     lpips_weights: str | Path | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The named distances between each output and its target, as a dict of (P,) tensors.
+    """The named distances between each output and its target.
 
     ``"lpips"`` needs local AlexNet weights (``lpips_weights`` or the torch hub cache, see
     :func:`alexnet_weights_path`) and raises :class:`LPIPSWeightsMissing` before computing anything when they
     are missing; :func:`available_distances` names what can run here.
+
+    Args:
+        outs, tgts: (P, C, H, W) outputs and their targets in [0, 1], the same shape, dtype and device.
+        which: names from :data:`DISTANCES` (a single str names one).
+        lpips_weights: local AlexNet weights for ``"lpips"``.
+
+    Returns:
+        A dict from each name in ``which`` (in that order) to a (P,) tensor of that distance, as :func:`l2`,
+        :func:`linf`, :func:`ssim` and :func:`lpips` return it.
+
+    Raises:
+        TypeError: ``outs`` or ``tgts`` is not a floating-point tensor, or ``lpips_weights`` is not a path.
+        ValueError: ``outs`` is not (P, C, H, W) with finite values in [0, 1], ``tgts`` is not like ``outs``, or
+            ``which`` is empty or names an unknown distance.
+        LPIPSWeightsMissing: ``"lpips"`` is in ``which`` and its weights file does not exist.
     """
     outs = check_images("outs", outs)
     tgts = check_images("tgts", tgts, like=outs)

@@ -30,7 +30,17 @@ def image_grid(
     col_labels: Sequence[str] = (),
     title: str | None = None,
 ) -> Path:
-    """Save a grid of images (R, N, C, H, W) with a caption under each cell (see :func:`image_grid_figure`)."""
+    """Save a grid of images (R, N, C, H, W) with a caption under each cell (see :func:`image_grid_figure`).
+
+    Args:
+        path: the PNG file to write; the other arguments as in :func:`image_grid_figure`.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+
+    Raises:
+        ValueError: as :func:`image_grid_figure`.
+    """
     return save_figure(
         image_grid_figure(images, captions, row_labels=row_labels, col_labels=col_labels, title=title), path
     )
@@ -85,7 +95,11 @@ def image_grid_figure(
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (its folder is created) and close it; returns the path."""
+    """Write ``fig`` as a PNG at ``path`` (its folder is created) and close it.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -129,6 +143,13 @@ def triangle_plot(
     ``conf``: (G,) confidences at :func:`lst_fast.geometry.triangle_grid` ``(n)`` points (one row of
     :func:`lst_fast.geometry.triangle_confidences`); ``images``: (3, C, H, W) source, output a, output b.
     Saved at ``path`` (see :func:`triangle_figure`).
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+
+    Raises:
+        TypeError: ``n`` is not an int.
+        ValueError: ``n`` < 1, or as :func:`triangle_figure`.
     """
     return save_figure(triangle_figure(conf, images, n=n, corner_labels=corner_labels, title=title), path)
 
@@ -202,6 +223,12 @@ def path_width_plot(
 
     ``widths``: (L, len(distances) + 1, 2), one row of ``TraversalResult.path_widths``; ``iters``: the (L,)
     recorded iterations (``TraversalResult.path_iters``; default 0..L-1).
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+
+    Raises:
+        ValueError: ``widths`` is not (L, len(distances) + 1, 2), or ``iters`` is not (L,).
     """
     widths = torch.as_tensor(widths).detach().float().cpu()
     if widths.dim() != 3 or widths.shape[1:] != (len(distances) + 1, 2):
@@ -245,6 +272,13 @@ def confidence_path_plot(
 
     ``iters``: (L,) recorded iterations; ``source_conf``, ``target_conf``: (L,) or (N, L)
     (``TraversalResult.path_conf`` and ``path_target_conf``); ``labels``: one legend entry per pair.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+
+    Raises:
+        ValueError: ``source_conf`` or ``target_conf`` is not (L,) or (N, L) with L = len(iters), the two differ
+            in shape, or ``labels`` is neither empty nor one per pair.
     """
     steps = torch.as_tensor(iters)
     source = _as_rows("source_conf", source_conf, len(steps))
@@ -274,7 +308,15 @@ def interpolation_plot(
     conf: torch.Tensor, path: str | Path, *, labels: Sequence[str] = (), title: str | None = None
 ) -> Path:
     """Source-class confidence on the segment source -> LST output (star-like structure), one line per pair
-    and their mean. ``conf``: (n+1,) or (P, n+1) from :func:`lst_fast.geometry.interpolation_conf`."""
+    and their mean. ``conf``: (n+1,) or (P, n+1) from :func:`lst_fast.geometry.interpolation_conf`.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`, where the PNG was written.
+
+    Raises:
+        ValueError: ``conf`` is not (n+1,) or (P, n+1), holds fewer than 2 points per pair, or ``labels`` is
+            neither empty nor one per pair.
+    """
     conf = _as_rows("conf", conf)
     if conf.shape[1] < 2:
         raise ValueError(f"conf must hold at least 2 points per pair, got {conf.shape[1]}")
