@@ -306,7 +306,6 @@ def open_dataset(spec: DataSpec | str, *, image_size: int | None = None) -> Data
         ``CIFAR10`` test split.
 
     Raises:
-        TypeError: ``spec`` is text that :func:`parse_data_spec` rejects for its type.
         ValueError: ``spec`` names an unknown kind (see :func:`parse_data_spec`); ``image_size`` is not an int >= 8;
             a folder holds no image files, or is not an ImageNet folder (one folder per ImageNet-1k WordNet id, or
             the flat validation images ``ILSVRC2012_val_*.JPEG``).
