@@ -27,6 +27,18 @@ def preprocess(image: np.ndarray | torch.Tensor, *, resize: int = RESIZE, crop: 
 
     Shorter side resized to ``resize`` (bilinear, antialiased), then a centre crop of ``crop``: the usual
     ImageNet evaluation transform. Greyscale images are repeated to three channels; alpha is dropped.
+
+    Args:
+        image: an (H, W) or (H, W, C) uint8 numpy array, or a (C, H, W) floating-point tensor in [0, 1].
+        resize: the shorter side after resizing.
+        crop: the side of the centre crop.
+
+    Returns:
+        A contiguous (3, crop, crop) float32 tensor in [0, 1].
+
+    Raises:
+        TypeError: ``image`` is a numpy array not of dtype uint8, or neither such an array nor a 3-dimensional
+            floating-point tensor.
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
@@ -45,7 +57,17 @@ def preprocess(image: np.ndarray | torch.Tensor, *, resize: int = RESIZE, crop: 
 
 
 def load_embedded_photos(names: Sequence[str] = EMBEDDED_PHOTOS[:4]) -> tuple[torch.Tensor, list[str]]:
-    """The named scikit-image photos as a (N, 3, 224, 224) batch in [0, 1], and their names."""
+    """The named scikit-image photos, preprocessed (see :func:`preprocess`).
+
+    Args:
+        names: names from :data:`EMBEDDED_PHOTOS` (a single string is one name).
+
+    Returns:
+        ``(images, names)``: a (N, 3, 224, 224) float32 batch in [0, 1] and the N names, in the order given.
+
+    Raises:
+        ValueError: a name is not in :data:`EMBEDDED_PHOTOS`, or ``names`` is empty.
+    """
     import skimage.data
 
     if isinstance(names, str):
@@ -245,7 +267,17 @@ def detect_data_kind(root: Path) -> tuple[str, str]:
 
 
 def crop_and_resize(image_size: int) -> tuple[int, int]:
-    """The evaluation transform's (resize, crop) for a crop of ``image_size``: 256/224 scaled."""
+    """The evaluation transform's sizes for a crop of ``image_size``: 256/224 scaled.
+
+    Args:
+        image_size: the side of the centre crop, an int >= 8.
+
+    Returns:
+        ``(resize, crop)``: ``round(image_size * 256 / 224)`` and ``image_size``.
+
+    Raises:
+        ValueError: ``image_size`` is not an int >= 8.
+    """
     image_size = _check_image_size(image_size)
     return round(image_size * RESIZE / CROP), image_size
 
@@ -262,6 +294,23 @@ def open_dataset(spec: DataSpec | str, *, image_size: int | None = None) -> Data
     ``image_size`` defaults to 224 (resize 256, centre crop 224) and to 32 (unchanged) for CIFAR-10. Image files of
     any PIL pixel mode are read (see :func:`image_pixels`); one whose shorter side is below half of ``image_size``
     is read with an :class:`ImageWarning` naming it, and one that cannot be read raises :class:`UnreadableImage`.
+
+    Args:
+        spec: a :class:`DataSpec` or its text (see :func:`parse_data_spec`).
+        image_size: the side of the (square) images; None: the data set's default, as above.
+
+    Returns:
+        A map-style torch ``Dataset`` of ``(image, label)`` items (image files also give the upscaling warning's
+        text or None), each image a (3, image_size, image_size) float32 tensor in [0, 1]: :class:`EmbeddedPhotos`
+        (unlabelled), :class:`ImageFiles` (a folder: unlabelled; ImageNet: ImageNet-1k labels) or torchvision's
+        ``CIFAR10`` test split.
+
+    Raises:
+        ValueError: ``spec`` names an unknown kind (see :func:`parse_data_spec`); ``image_size`` is not an int >= 8;
+            a folder holds no image files, or is not an ImageNet folder (one folder per ImageNet-1k WordNet id, or
+            the flat validation images ``ILSVRC2012_val_*.JPEG``).
+        FileNotFoundError: the folder does not exist, or holds no CIFAR-10 (``cifar-10-batches-py``) for
+            ``cifar10:DIR``.
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "cifar10":
@@ -473,9 +522,15 @@ def _shared_memory_failure(images: torch.Tensor, err: Exception) -> str:
 
 
 def loader_failure(err: BaseException) -> LoaderError | None:
-    """The :class:`LoaderError` for torch's DataLoader error ``err`` about its workers (died, timed out), else None.
+    """The :class:`LoaderError` for torch's DataLoader error ``err`` about its workers (died, timed out).
 
     torch raises these as plain RuntimeErrors, also from its SIGCHLD handler wherever the main process is.
+
+    Args:
+        err: an exception caught while loading.
+
+    Returns:
+        A :class:`LoaderError` saying what happened and what to do, or None if ``err`` is not such an error.
     """
     text = " ".join(str(err).split())
     if not isinstance(err, RuntimeError) or not text.startswith(("DataLoader worker", "DataLoader timed out")):

@@ -81,7 +81,14 @@ class ExamplesReport:
 
 
 def ordered_pairs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source and target indices of every ordered pair (i, j), i != j, source-major: n(n-1) pairs."""
+    """Source and target indices of every ordered pair (i, j), i != j, source-major: n(n-1) pairs.
+
+    Args:
+        n: the number of images, at least 2.
+
+    Returns:
+        ``(sources, targets)``: two int64 tensors of shape (n(n-1),).
+    """
     src, tgt = zip(*[(i, j) for i in range(n) for j in range(n) if i != j])
     return torch.tensor(src), torch.tensor(tgt)
 
@@ -131,7 +138,17 @@ def open_model_and_data(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch.device (None: CUDA where available, else the CPU); ValueError if it is not one here."""
+    """``device`` as a torch.device.
+
+    Args:
+        device: a device or its name; None: CUDA where available, else the CPU.
+
+    Returns:
+        The torch.device.
+
+    Raises:
+        ValueError: ``device`` is not a torch device, or asks for CUDA where it is not available.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -149,7 +166,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 @torch.no_grad()
 def predict(model, normalizer, images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Softmax probabilities (N, K) of ``images`` (on the CPU), in model calls of :data:`SELECTION_BATCH`."""
+    """Softmax probabilities of ``images``, in model calls of :data:`SELECTION_BATCH` images in eval mode.
+
+    Args:
+        model: the classifier, taking normalised images; its training mode is restored afterwards.
+        normalizer: maps [0, 1] images to the model's input space.
+        images: (N, C, H, W) images in [0, 1].
+        device: where the model runs.
+
+    Returns:
+        (N, K) float32 probabilities on the CPU, K the model's classes.
+    """
     training = model.training
     model.eval()
     try:
@@ -188,8 +215,16 @@ def _chosen(dataset, indices: list[int], images: torch.Tensor, labels: list[int]
 
 
 def class_namer(dataset, num_classes: int) -> Callable[[int], str]:
-    """Class index -> name: the data set's own names (CIFAR-10) if it has as many as the model has classes,
-    the ImageNet-1k names for a 1000-class model or ImageNet-labelled files, else ``class N``."""
+    """How to name the classes of a model on ``dataset``.
+
+    Args:
+        dataset: the data set (see :func:`lst_fast.data.open_dataset`).
+        num_classes: the model's number of classes.
+
+    Returns:
+        Class index -> name: the data set's own names (CIFAR-10) if it has as many as the model has classes,
+        the ImageNet-1k names for a 1000-class model or ImageNet-labelled files, else ``class N``.
+    """
     own = getattr(dataset, "classes", None)
     if own is not None and len(own) == num_classes:
         return lambda c: own[c]
@@ -273,7 +308,19 @@ def choose_by_name(model, normalizer, dataset, names: Sequence[str], *, device: 
     """The named images: a file's name, its stem or the end of its path (``CLASS/NAME.png``); the bundled
     photos' names. Labelled images must be classified correctly; unlabelled ones take the model's prediction.
 
+    Args:
+        model: the classifier, taking normalised images.
+        normalizer: maps [0, 1] images to the model's input space.
+        dataset: the data set to pick from.
+        names: the images' names, as above.
+        device: where the model runs.
+
+    Returns:
+        The :class:`Chosen` images, in the order of ``names``, with their classes (the label, or the prediction
+        where unlabelled) and the model's confidence in them.
+
     Raises:
+        TypeError: ``names`` is not a non-empty sequence of names.
         ValueError: a name matches no image or several, is given twice, or names a misclassified image.
     """
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or not names:
@@ -443,7 +490,15 @@ def _traverse(model, normalizer, chosen, sources, targets, settings, precision, 
 
 
 def concatenate(results: Sequence[TraversalResult]) -> TraversalResult:
-    """One :class:`lst_fast.TraversalResult` of the rows of several, in order (same settings, same recording)."""
+    """The rows of several traversal results, in order, as one.
+
+    Args:
+        results: one or more :class:`lst_fast.TraversalResult` of the same settings and recording.
+
+    Returns:
+        One :class:`lst_fast.TraversalResult`: its per-row tensors concatenated along the rows, its other fields
+        (``path_iters`` among them) those of the first result.
+    """
     fields = {}
     for f in dataclasses.fields(TraversalResult):
         values = [getattr(r, f.name) for r in results]
@@ -568,8 +623,15 @@ def _pair_names(report: ExamplesReport) -> list[str]:
 
 
 def grid_figure(report: ExamplesReport) -> Figure:
-    """The paper's Figure 1: rows = targets, columns = sources (n x n axes), class names as titles, each LST
-    output captioned with p(source class); the diagonal shows the clean image with its class."""
+    """The paper's Figure 1 for ``report``.
+
+    Args:
+        report: the result of :func:`run_examples` (n images, every ordered pair).
+
+    Returns:
+        The matplotlib Figure: rows = targets, columns = sources (n x n axes), class names as titles, each LST
+        output captioned with p(source class); the diagonal shows the clean image with its class.
+    """
     chosen, n = report.chosen, len(report.chosen.indices)
     cells = chosen.images.unsqueeze(0).repeat(n, 1, 1, 1, 1)  # cells[t, s]
     captions = [[""] * n for _ in range(n)]
@@ -585,8 +647,15 @@ def grid_figure(report: ExamplesReport) -> Figure:
 
 
 def triangle_figure(report: ExamplesReport, source: int) -> Figure:
-    """The confidence over the triangle of image ``source`` and its outputs towards the first two other images
-    (:func:`lst_fast.plots.triangle_figure`)."""
+    """The confidence over the triangle of image ``source`` and its outputs towards the first two other images.
+
+    Args:
+        report: the result of :func:`run_examples`.
+        source: the image's position in ``report.chosen``, a key of ``report.triangles``.
+
+    Returns:
+        The matplotlib Figure of :func:`lst_fast.plots.triangle_figure`.
+    """
     conf, a, b = report.triangles[source]
     names, r = report.chosen.names, report.result
     corners = torch.stack([report.chosen.images[source], r.images[a], r.images[b]])

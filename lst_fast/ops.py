@@ -117,7 +117,14 @@ BACKENDS = tuple(info.name for info in BACKEND_REGISTRY)
 
 
 def backend_info(name: str) -> BackendInfo | None:
-    """The record of backend ``name`` in :data:`BACKEND_REGISTRY`, or None if there is none."""
+    """The record of backend ``name`` in :data:`BACKEND_REGISTRY`.
+
+    Args:
+        name: a backend's name, e.g. ``"cpp"``.
+
+    Returns:
+        Its :class:`BackendInfo`, or None if there is none of that name.
+    """
     return next((info for info in BACKEND_REGISTRY if info.name == name), None)
 
 
@@ -173,7 +180,15 @@ def backend_reasons(device: torch.device | str, dtype: torch.dtype | None = None
 
 
 def default_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    """The backend ``lst_step`` runs on ``device`` (for ``dtype``) when none is asked for: the fastest here."""
+    """The backend ``lst_step`` runs on ``device`` (for ``dtype``) when none is asked for: the fastest here.
+
+    Args:
+        device: where the tensors are.
+        dtype: their dtype (None: any).
+
+    Returns:
+        The backend's name, the first of :func:`available_backends`.
+    """
     return _available(torch.device(device), dtype)[0]
 
 
@@ -457,10 +472,18 @@ def lst_step(
     adv_step_size: float | torch.Tensor,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Functional LST step: returns ``(candidate, new_delta)`` and leaves the inputs untouched.
+    """Functional LST step: leaves the inputs untouched.
 
-    ``delta=None`` means a zero correction. With the correction off (``adv_step_size == 0``) ``new_delta`` is
-    a copy of ``delta`` (zeros if None). The arguments are those of :func:`lst_step_` (per-row sizes too).
+    ``delta=None`` means a zero correction. The arguments are those of :func:`lst_step_` (per-row sizes too),
+    less ``out``.
+
+    Returns:
+        ``(candidate, new_delta)``, new tensors like ``x``. With the correction off (``adv_step_size == 0``)
+        ``new_delta`` is a copy of ``delta`` (zeros if None).
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type, shape, dtype, device or layout, or a backend that
+            cannot run here; the message names it (as :func:`lst_step_`).
     """
     if torch.compiler.is_compiling():  # the op's fake implementation checks the tensors while it is traced
         step, adv, steps, advs = _op_sizes(step_size, adv_step_size)

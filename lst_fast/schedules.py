@@ -179,6 +179,12 @@ def schedule_names(*, records: bool | None = None, fixed_shapes: bool | None = N
 def schedule_named(name: str) -> type[Schedule]:
     """The schedule registered as ``name``.
 
+    Args:
+        name: a name in :data:`REGISTRY` (see :func:`schedule_names`).
+
+    Returns:
+        The :class:`Schedule` subclass (not an instance).
+
     Raises:
         ValueError: ``name`` is not a registered schedule.
     """
@@ -188,7 +194,14 @@ def schedule_named(name: str) -> type[Schedule]:
 
 
 def knob_owner(setting: str) -> str | None:
-    """The schedule whose own knob the traversal setting ``setting`` is, or None for a setting every schedule
-    reads (e.g. ``knob_owner("step_growth") == "adaptive"``, ``knob_owner("iters") is None``)."""
+    """The schedule whose own knob the traversal setting ``setting`` is.
+
+    Args:
+        setting: the name of a :class:`lst_fast.settings.TraversalSettings` field.
+
+    Returns:
+        The schedule's name, or None for a setting every schedule reads (e.g.
+        ``knob_owner("step_growth") == "adaptive"``, ``knob_owner("iters") is None``).
+    """
     owners = [name for name, schedule in REGISTRY.items() if setting in schedule.knobs]
     return owners[0] if owners else None
