@@ -23,7 +23,7 @@ import torch
 import lst_fast
 from bench.harness import interleaved_rounds, write_result
 from lst_fast import data, models
-from lst_fast.demo import all_pairs
+from lst_fast.examples import ordered_pairs
 from lst_fast.schedules import schedule_names
 from lst_fast.sweep import SweepConfig, run_sweep, tables
 
@@ -36,7 +36,7 @@ KNOB_GRID = ((1.3, 5.0), (1.3, 10.0), (1.2, 12.0), (2.0, 10.0), (1.5, 20.0))
 
 def demo_pairs(device) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images, names = data.load_embedded_photos()
-    src, tgt = all_pairs(len(names))
+    src, tgt = ordered_pairs(len(names))
     return images[src].to(device), images[tgt].to(device), [f"{names[i]}->{names[j]}" for i, j in zip(src, tgt)]
 
 

@@ -19,7 +19,7 @@ import torch
 import lst_fast
 from bench import harness
 from lst_fast import data, metrics, models, reference
-from lst_fast.demo import all_pairs
+from lst_fast.examples import ordered_pairs
 
 
 def parse_config(text: str) -> dict:
@@ -39,7 +39,7 @@ def main() -> None:
     model, normalizer = models.load_embedded()
     model, normalizer = model.to(device), normalizer.to(device)
     images = data.load_embedded_photos()[0].to(device)
-    src_idx, tgt_idx = all_pairs(len(images))
+    src_idx, tgt_idx = ordered_pairs(len(images))
     srcs, tgts = images[src_idx], images[tgt_idx]
 
     def run(traverse, **options):

@@ -1,6 +1,9 @@
 """The benchmarks' harness (bench/harness.py): the arithmetic of its rounds and its result files (no timings)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,17 @@ def test_read_result_rejects_other_shapes(tmp_path):
     old.write_text(json.dumps({"machine": {}, "results": []}))
     with pytest.raises(ValueError, match="missing"):
         harness.read_result(old)
+
+
+SCRIPTS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "bench").glob("*.py")
+                 if p.stem not in ("__init__", "conftest", "harness") and not p.stem.startswith("test_"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_bench_script_parses_its_options(script):
+    """Each script imports what the package offers today and its parser answers --help (nothing is measured), so
+    a rename in lst_fast cannot silently break a benchmark that CI does not run."""
+    result = subprocess.run([sys.executable, "-m", f"bench.{script}", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
